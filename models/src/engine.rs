@@ -1,0 +1,189 @@
+//! The engine: one loaded model and the state it serves — a bounded LRU of cached
+//! prompt prefixes, so that a request whose tokens start with an earlier request's tokens
+//! (the next keystroke in an editor) prefills only the tokens that changed — and the entry
+//! points that tokenise, prefill and decode.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use crate::generate::{self, Detokenize, GenerateParams, Generation, OnText, Prefilled, ms_since};
+use crate::kv_cache::{SeqCache, common_prefix_len};
+use crate::model::{BatchItem, CausalLm};
+use crate::{Error, Result};
+
+/// Limits of the prefix cache.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixCacheLimits {
+    pub max_entries: usize,
+    pub max_tokens: usize,
+}
+
+impl Default for PrefixCacheLimits {
+    fn default() -> Self {
+        PrefixCacheLimits {
+            max_entries: 8,
+            max_tokens: 32 * 1024,
+        }
+    }
+}
+
+/// Recently prefilled prompts, least recently used first out.
+#[derive(Debug, Default)]
+struct PrefixCache {
+    limits: PrefixCacheLimits,
+    /// Most recently used last.
+    entries: Vec<SeqCache>,
+}
+
+impl PrefixCache {
+    /// The cached sequence sharing the longest prefix with `prompt`, forked and truncated
+    /// so that at least one prompt token remains to be run (its logits are needed).
+    fn lookup(&mut self, prompt: &[u32]) -> Result<Option<SeqCache>> {
+        let best = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, common_prefix_len(e.tokens(), prompt)))
+            .max_by_key(|&(i, l)| (l, i));
+        let Some((i, lcp)) = best else { return Ok(None) };
+        let keep = lcp.min(prompt.len().saturating_sub(1));
+        if keep == 0 {
+            return Ok(None);
+        }
+        let entry = self.entries.remove(i);
+        let mut fork = entry.fork();
+        self.entries.push(entry);
+        fork.truncate(keep)?;
+        Ok(Some(fork))
+    }
+
+    fn insert(&mut self, cache: SeqCache) {
+        if cache.is_empty() || self.limits.max_entries == 0 {
+            return;
+        }
+        // An entry that is a prefix of the new one adds nothing.
+        self.entries.retain(|e| common_prefix_len(e.tokens(), cache.tokens()) < e.len());
+        self.entries.push(cache);
+        while self.entries.len() > self.limits.max_entries
+            || self.entries.iter().map(SeqCache::len).sum::<usize>() > self.limits.max_tokens
+        {
+            if self.entries.len() == 1 {
+                break;
+            }
+            self.entries.remove(0);
+        }
+    }
+}
+
+/// A model ready to serve requests. Cheap to share (`Arc`); requests may run concurrently.
+pub struct Engine {
+    model: Arc<dyn CausalLm>,
+    prefix_cache: Mutex<PrefixCache>,
+}
+
+impl Engine {
+    pub fn new(model: Arc<dyn CausalLm>) -> Self {
+        Self::with_limits(model, PrefixCacheLimits::default())
+    }
+
+    pub fn with_limits(model: Arc<dyn CausalLm>, limits: PrefixCacheLimits) -> Self {
+        Engine {
+            model,
+            prefix_cache: Mutex::new(PrefixCache {
+                limits,
+                entries: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn model(&self) -> &dyn CausalLm {
+        self.model.as_ref()
+    }
+
+    /// Drops every cached prefix.
+    pub fn clear_prefix_cache(&self) {
+        self.prefix_cache.lock().expect("prefix cache lock").entries.clear();
+    }
+
+    /// Runs the prompt, reusing the longest cached prefix, and remembers the result for
+    /// later requests. Returns the cache, the last token's logits and how many prompt
+    /// tokens were reused.
+    pub fn prefill(&self, prompt: &[u32]) -> Result<(Prefilled, usize)> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        let max = self.model.info().max_context;
+        if prompt.len() >= max {
+            return Err(Error::InvalidInput(format!(
+                "the prompt has {} tokens but the model's context is {max} tokens (room is needed to generate)",
+                prompt.len()
+            )));
+        }
+        let reused = self.prefix_cache.lock().expect("prefix cache lock").lookup(prompt)?;
+        let mut cache = reused.unwrap_or_default();
+        let reused_len = cache.len();
+        let logits = {
+            let mut batch = [BatchItem {
+                tokens: &prompt[reused_len..],
+                cache: &mut cache,
+                all_logits: false,
+            }];
+            self.model.forward(&mut batch)?.remove(0)
+        };
+        self.prefix_cache.lock().expect("prefix cache lock").insert(cache.fork());
+        Ok((Prefilled { cache, logits }, reused_len))
+    }
+
+    /// Logits for every prompt position from a cold cache (no prefix reuse): for tests and
+    /// scoring.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
+        let mut cache = SeqCache::new();
+        let mut batch = [BatchItem {
+            tokens,
+            cache: &mut cache,
+            all_logits: true,
+        }];
+        Ok(self.model.forward(&mut batch)?.remove(0))
+    }
+
+    /// Generates from token ids. `detok` is needed for stop strings, the stop predicate,
+    /// completion text and streaming.
+    pub fn generate_tokens(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        detok: Option<Detokenize<'_>>,
+        on_text: Option<OnText<'_>>,
+    ) -> Result<Generation> {
+        if params.max_new_tokens == 0 {
+            return Err(Error::InvalidInput("max new tokens must be at least 1".into()));
+        }
+        let t0 = Instant::now();
+        let (prefilled, reused_tokens) = self.prefill(prompt)?;
+        let prefill_ms = ms_since(t0);
+        let room = self.model.info().max_context - prompt.len();
+        let mut params_local;
+        let params = if params.max_new_tokens > room {
+            params_local = params.clone();
+            params_local.max_new_tokens = room;
+            &params_local
+        } else {
+            params
+        };
+        let t1 = Instant::now();
+        let (completions, decode_steps) = match &params.beams {
+            Some(b) if b.num_beams > 1 => generate::generate_beam(self.model(), prompt, prefilled, params, b, detok)?,
+            _ => generate::generate_simple(self.model(), prompt, prefilled, params, detok, on_text)?,
+        };
+        Ok(Generation {
+            completions,
+            prompt_tokens: prompt.len(),
+            reused_tokens,
+            prefill_ms,
+            decode_ms: ms_since(t1),
+            decode_steps,
+        })
+    }
+}

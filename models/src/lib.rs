@@ -1,0 +1,20 @@
+//! Tessera's model engine: loads real checkpoints (GGUF, safetensors + config.json,
+//! tokenizers), runs transformer architectures on candle, and owns everything that is
+//! state rather than weights: the KV cache, prefix reuse, decoding and cancellation.
+//!
+//! The crate knows nothing of LSP, HTTP or command lines; callers hand it token ids or
+//! text and get back tokens, text and scores.
+
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod kv_cache;
+pub mod layers;
+pub mod llama;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,371 @@
+//! The Llama family: Llama 2/3 (Touvron et al. 2023, arXiv:2302.13971 and
+//! arXiv:2307.09288; Llama 3 rope scaling), Mistral (arXiv:2310.06825), Qwen2/Qwen2.5 and
+//! Qwen2.5-Coder (arXiv:2407.10671, arXiv:2409.12186; q/k/v biases) and SmolLM2: pre-norm
+//! decoder blocks with RMSNorm, rotary embeddings, grouped-query attention and a SwiGLU
+//! MLP. Reference code: Hugging Face transformers `models/llama/modeling_llama.py` and
+//! `models/qwen2/modeling_qwen2.py`; GGUF tensor names from llama.cpp `src/llama-arch.cpp`.
+//!
+//! One implementation serves GGUF files (quantized matrices) and safetensors checkpoints
+//! (dense), reading every size from the model's own config.
+
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+
+use crate::layers::{self, AttentionInput, Llama3RopeScaling, RmsNorm, Rotary};
+use crate::model::{BatchItem, CausalLm, ModelInfo, check_batch};
+use crate::weights::{Embedding, Linear, WeightStore};
+use crate::gguf::GgufFile;
+use crate::{Error, Result};
+
+/// Hyper-parameters, with Hugging Face `config.json` field names.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlamaConfig {
+    #[serde(default)]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Qwen2 has q/k/v biases without saying so in its config.
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(skip)]
+    pub rope_interleaved: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> usize {
+    4096
+}
+
+impl LlamaConfig {
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    fn qkv_bias(&self) -> bool {
+        self.attention_bias.unwrap_or(self.model_type == "qwen2")
+    }
+
+    fn llama3_scaling(&self) -> Result<Option<Llama3RopeScaling>> {
+        let Some(s) = &self.rope_scaling else { return Ok(None) };
+        if s.is_null() {
+            return Ok(None);
+        }
+        let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("");
+        let num = |k: &str| s.get(k).and_then(|v| v.as_f64());
+        match kind {
+            "llama3" => Ok(Some(Llama3RopeScaling {
+                factor: num("factor").unwrap_or(8.0),
+                low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
+                high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
+                original_max_position_embeddings: num("original_max_position_embeddings").unwrap_or(8192.0)
+                    as usize,
+            })),
+            "default" | "" => Ok(None),
+            other => Err(Error::unsupported("config.json", format!("rope_scaling type {other}"))),
+        }
+    }
+
+    fn validate(&self, source: &std::path::Path) -> Result<()> {
+        let bad = |msg: String| Err(Error::format(source, msg));
+        if self.num_attention_heads == 0 || self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+            return bad(format!(
+                "{} attention heads cannot be grouped over {} key/value heads",
+                self.num_attention_heads,
+                self.kv_heads()
+            ));
+        }
+        if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
+            return bad(format!("head dimension {} must be even and positive", self.head_dim()));
+        }
+        if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.hidden_size == 0 {
+            return bad("config declares an empty model".into());
+        }
+        if self.max_position_embeddings > 1 << 20 {
+            return bad(format!("context of {} positions is implausible", self.max_position_embeddings));
+        }
+        Ok(())
+    }
+
+    /// Reads the config of a GGUF file (`{arch}.*` metadata keys).
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch = g.architecture()?.to_owned();
+        let key = |k: &str| format!("{arch}.{k}");
+        let heads = g.get_usize(&key("attention.head_count"))?;
+        let hidden = g.get_usize(&key("embedding_length"))?;
+        let vocab = match g.tensor_info("token_embd.weight") {
+            Some(info) if info.dims.len() == 2 => info.dims[0],
+            _ => return Err(Error::format(g.path(), "tensor token_embd.weight is missing or not 2-D")),
+        };
+        let head_dim = match g.get(&key("attention.key_length")) {
+            Some(v) => v.as_u64().map(|v| v as usize),
+            None => g.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()).map(|v| v as usize),
+        };
+        Ok(LlamaConfig {
+            model_type: arch.clone(),
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: g.get_usize(&key("feed_forward_length"))?,
+            num_hidden_layers: g.get_usize(&key("block_count"))?,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(match g.get(&key("attention.head_count_kv")) {
+                Some(_) => g.get_usize(&key("attention.head_count_kv"))?,
+                None => heads,
+            }),
+            head_dim,
+            rms_norm_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            rope_scaling: None,
+            max_position_embeddings: g.get_usize(&key("context_length"))?,
+            tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+            attention_bias: Some(g.tensor_info("blk.0.attn_q.bias").is_some()),
+            // llama.cpp permutes q/k of `llama` models for its adjacent-pair rope; Qwen2
+            // keeps the Hugging Face layout (NEOX rope).
+            rope_interleaved: arch == "llama",
+        })
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A loaded Llama-family model.
+pub struct Llama {
+    cfg: LlamaConfig,
+    info: ModelInfo,
+    device: Device,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+}
+
+/// Tensor names in the two layouts.
+fn names(gguf: bool, layer: usize) -> [String; 9] {
+    if gguf {
+        let p = format!("blk.{layer}");
+        [
+            format!("{p}.attn_norm.weight"),
+            format!("{p}.attn_q"),
+            format!("{p}.attn_k"),
+            format!("{p}.attn_v"),
+            format!("{p}.attn_output"),
+            format!("{p}.ffn_norm.weight"),
+            format!("{p}.ffn_gate"),
+            format!("{p}.ffn_up"),
+            format!("{p}.ffn_down"),
+        ]
+    } else {
+        let p = format!("model.layers.{layer}");
+        [
+            format!("{p}.input_layernorm.weight"),
+            format!("{p}.self_attn.q_proj"),
+            format!("{p}.self_attn.k_proj"),
+            format!("{p}.self_attn.v_proj"),
+            format!("{p}.self_attn.o_proj"),
+            format!("{p}.post_attention_layernorm.weight"),
+            format!("{p}.mlp.gate_proj"),
+            format!("{p}.mlp.up_proj"),
+            format!("{p}.mlp.down_proj"),
+        ]
+    }
+}
+
+impl Llama {
+    pub fn load(cfg: LlamaConfig, store: &WeightStore, device: &Device) -> Result<Self> {
+        cfg.validate(store.path())?;
+        let gguf = store.is_gguf();
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd);
+        let bias = cfg.qkv_bias();
+        let (embed_name, norm_name, head_name) = if gguf {
+            ("token_embd.weight", "output_norm.weight", "output.weight")
+        } else {
+            ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+        };
+        let embed = store.embedding(embed_name, cfg.vocab_size, h, device)?;
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        for layer in 0..cfg.num_hidden_layers {
+            let [an, q, k, v, o, mn, gate, up, down] = names(gguf, layer);
+            let lin = |name: &str, out, inp, b| Linear::load(store, name, out, inp, b, device);
+            blocks.push(Block {
+                attn_norm: RmsNorm::new(store.tensor(&an, &[h], device)?, cfg.rms_norm_eps),
+                q: lin(&q, nq, h, bias)?,
+                k: lin(&k, nkv, h, bias)?,
+                v: lin(&v, nkv, h, bias)?,
+                o: lin(&o, h, nq, false)?,
+                mlp_norm: RmsNorm::new(store.tensor(&mn, &[h], device)?, cfg.rms_norm_eps),
+                gate: lin(&gate, cfg.intermediate_size, h, false)?,
+                up: lin(&up, cfg.intermediate_size, h, false)?,
+                down: lin(&down, h, cfg.intermediate_size, false)?,
+            });
+        }
+        let norm = RmsNorm::new(store.tensor(norm_name, &[h], device)?, cfg.rms_norm_eps);
+        let lm_head = if store.contains(head_name) {
+            Linear::from_qmatmul(store.matrix(head_name, cfg.vocab_size, h, device)?, None)
+        } else {
+            embed.as_linear()?
+        };
+        let freq_factors = if gguf && store.contains("rope_freqs.weight") {
+            let t = store.tensor("rope_freqs.weight", &[hd / 2], &Device::Cpu)?;
+            Some(t.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        let rotary = Rotary::new(
+            hd,
+            cfg.rope_theta,
+            cfg.max_position_embeddings,
+            cfg.llama3_scaling()?.as_ref(),
+            freq_factors.as_deref(),
+            cfg.rope_interleaved,
+            device,
+        )?;
+        let weight_bytes = match store {
+            WeightStore::Gguf(g) => g.tensor_infos().iter().map(|t| t.size).sum(),
+            WeightStore::Safetensors { .. } => 0,
+        };
+        let info = ModelInfo {
+            architecture: cfg.model_type.clone(),
+            vocab_size: cfg.vocab_size,
+            max_context: cfg.max_position_embeddings,
+            num_layers: cfg.num_hidden_layers,
+            weight_bytes,
+        };
+        Ok(Llama {
+            cfg,
+            info,
+            device: device.clone(),
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rotary,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+}
+
+impl CausalLm for Llama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
+        check_batch(&self.info, batch)?;
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
+        let ids: Vec<u32> = batch.iter().flat_map(|b| b.tokens.iter().copied()).collect();
+        let mut x = self.embed.forward(&ids, &self.device)?;
+        let mut new_kv: Vec<(Vec<Tensor>, Vec<Tensor>)> =
+            batch.iter().map(|_| (Vec::with_capacity(self.blocks.len()), Vec::new())).collect();
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = block.attn_norm.forward(&x)?;
+            let (q, k, v) = (block.q.forward(&h)?, block.k.forward(&h)?, block.v.forward(&h)?);
+            let mut outs = Vec::with_capacity(batch.len());
+            let mut start = 0;
+            for (item, kv) in batch.iter().zip(new_kv.iter_mut()) {
+                let n = item.tokens.len();
+                let (out, k, v) = layers::attend(
+                    &self.rotary,
+                    AttentionInput {
+                        q: layers::split_heads(&q.narrow(0, start, n)?, nh, hd)?,
+                        k: layers::split_heads(&k.narrow(0, start, n)?, nkv, hd)?,
+                        v: layers::split_heads(&v.narrow(0, start, n)?, nkv, hd)?,
+                        cache: item.cache,
+                        layer,
+                    },
+                )?;
+                kv.0.push(k);
+                kv.1.push(v);
+                outs.push(out);
+                start += n;
+            }
+            let attn = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
+            x = (x + block.o.forward(&attn)?)?;
+            let h = block.mlp_norm.forward(&x)?;
+            let mlp = (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
+            x = (x + block.down.forward(&mlp)?)?;
+        }
+        let x = self.norm.forward(&x)?;
+        // Project only the rows whose logits are wanted: the vocabulary projection is the
+        // largest matrix of small models.
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for item in batch.iter() {
+            let n = item.tokens.len();
+            rows.push(if item.all_logits { x.narrow(0, start, n)? } else { x.narrow(0, start + n - 1, 1)? });
+            start += n;
+        }
+        let logits = self.lm_head.forward(&Tensor::cat(&rows, 0)?)?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for (item, (ks, vs)) in batch.iter_mut().zip(new_kv) {
+            let n = if item.all_logits { item.tokens.len() } else { 1 };
+            out.push(logits.narrow(0, start, n)?);
+            start += n;
+            item.cache.append(item.tokens, ks, vs)?;
+        }
+        Ok(out)
+    }
+}
+
+
+impl Llama {
+    /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors).
+    pub fn from_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg: LlamaConfig =
+            serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+        let store = WeightStore::open_safetensors_dir(dir)?;
+        Self::load(cfg, &store, device)
+    }
+
+    /// Loads a GGUF file of the `llama` or `qwen2` architecture.
+    pub fn from_gguf(gguf: GgufFile, device: &Device) -> Result<Self> {
+        let cfg = LlamaConfig::from_gguf(&gguf)?;
+        Self::load(cfg, &WeightStore::Gguf(gguf), device)
+    }
+}

@@ -1,0 +1,261 @@
+//! Where an architecture's weights come from: a GGUF file (tensors kept in their ggml
+//! block formats) or safetensors checkpoints (single file or sharded through
+//! `model.safetensors.index.json`; f32, f16 and bf16 converted to the compute dtype).
+//! Every tensor's shape is checked against what the model's config implies, so a config
+//! that disagrees with the weights is an error naming the tensor.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::gguf::GgufFile;
+use crate::{Error, Result};
+
+/// A source of named tensors.
+pub enum WeightStore {
+    Gguf(GgufFile),
+    Safetensors {
+        /// The checkpoint directory (for messages).
+        dir: PathBuf,
+        files: MmapedSafetensors,
+        names: BTreeSet<String>,
+    },
+}
+
+impl std::fmt::Debug for WeightStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeightStore({})", self.path().display())
+    }
+}
+
+impl WeightStore {
+    /// Opens the safetensors weights of a Hugging Face checkpoint directory.
+    pub fn open_safetensors_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(&index, e.to_string()))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::format(&index, "weight_map is missing"))?;
+            let mut shards = BTreeSet::new();
+            for (name, file) in map {
+                let file = file
+                    .as_str()
+                    .filter(|f| !f.contains("..") && !f.starts_with('/'))
+                    .ok_or_else(|| Error::format(&index, format!("tensor {name}: bad shard name")))?;
+                shards.insert(file.to_owned());
+            }
+            shards.into_iter().map(|f| dir.join(f)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(Error::ModelNotFound(format!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            )));
+        };
+        for f in &files {
+            if !f.exists() {
+                return Err(Error::format(&index, format!("shard {} is missing", f.display())));
+            }
+        }
+        // SAFETY: read-only maps of checkpoint files that are not modified while loaded.
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| Error::format(dir, format!("invalid safetensors: {e}")))?;
+        let names = st.tensors().into_iter().map(|(n, _)| n).collect();
+        Ok(WeightStore::Safetensors {
+            dir: dir.to_path_buf(),
+            files: st,
+            names,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            WeightStore::Gguf(g) => g.path(),
+            WeightStore::Safetensors { dir, .. } => dir,
+        }
+    }
+
+    pub fn is_gguf(&self) -> bool {
+        matches!(self, WeightStore::Gguf(_))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            WeightStore::Gguf(g) => g.tensor_info(name).is_some(),
+            WeightStore::Safetensors { names, .. } => names.contains(name),
+        }
+    }
+
+    fn check_shape(&self, name: &str, got: &[usize], want: &[usize]) -> Result<()> {
+        if got != want {
+            return Err(Error::format(
+                self.path(),
+                format!("tensor {name} has shape {got:?} but the config implies {want:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::format(self.path(), format!("tensor {name} is missing"))
+    }
+
+    /// A dense f32 tensor of the given shape.
+    pub fn tensor(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        match self {
+            WeightStore::Gguf(g) => {
+                let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
+                self.check_shape(name, &info.dims, shape)?;
+                g.dequantized(name, device)
+            }
+            WeightStore::Safetensors { files, names, .. } => {
+                if !names.contains(name) {
+                    return Err(self.missing(name));
+                }
+                let t = files
+                    .load(name, device)
+                    .map_err(|e| Error::format(self.path(), format!("tensor {name}: {e}")))?;
+                self.check_shape(name, t.dims(), shape)?;
+                Ok(t.to_dtype(DType::F32)?)
+            }
+        }
+    }
+
+    /// A weight matrix `[out, in]` for a [`Linear`], kept quantized when stored so.
+    pub fn matrix(&self, name: &str, out: usize, inp: usize, device: &Device) -> Result<QMatMul> {
+        match self {
+            WeightStore::Gguf(g) => {
+                let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
+                self.check_shape(name, &info.dims, &[out, inp])?;
+                Ok(QMatMul::from_arc(Arc::new(g.qtensor(name, device)?))?)
+            }
+            WeightStore::Safetensors { .. } => Ok(QMatMul::Tensor(self.tensor(name, &[out, inp], device)?)),
+        }
+    }
+
+    /// An embedding table `[vocab, dim]`.
+    pub fn embedding(&self, name: &str, vocab: usize, dim: usize, device: &Device) -> Result<Embedding> {
+        match self {
+            WeightStore::Gguf(g) if device.is_cpu() => {
+                let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
+                self.check_shape(name, &info.dims, &[vocab, dim])?;
+                Ok(Embedding::Quantized {
+                    table: Arc::new(g.qtensor(name, device)?),
+                    vocab,
+                    dim,
+                })
+            }
+            _ => Ok(Embedding::Dense(self.tensor(name, &[vocab, dim], device)?)),
+        }
+    }
+}
+
+/// `y = x W^T (+ b)`, with `W` dense or in a ggml block format.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(store: &WeightStore, name: &str, out: usize, inp: usize, bias: bool, device: &Device) -> Result<Self> {
+        let weight = store.matrix(&format!("{name}.weight"), out, inp, device)?;
+        let bias = if bias {
+            Some(store.tensor(&format!("{name}.bias"), &[out], device)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn from_qmatmul(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias }
+    }
+
+    /// `x`: `[n, in]` -> `[n, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            QMatMul::Tensor(w) => x.matmul(&w.t()?)?,
+            q => x.apply(q)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// A token embedding table. GGUF tables stay quantized and only the looked-up rows are
+/// dequantized, so a tied 150k-token vocabulary is not held twice in memory.
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    Dense(Tensor),
+    Quantized {
+        table: Arc<QTensor>,
+        vocab: usize,
+        dim: usize,
+    },
+}
+
+impl Embedding {
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Embedding::Dense(t) => t.dim(0).unwrap_or(0),
+            Embedding::Quantized { vocab, .. } => *vocab,
+        }
+    }
+
+    /// `ids` -> `[ids.len(), dim]`.
+    pub fn forward(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {vocab} tokens"
+            )));
+        }
+        match self {
+            Embedding::Dense(t) => {
+                let idx = Tensor::new(ids, device)?;
+                Ok(t.index_select(&idx, 0)?)
+            }
+            Embedding::Quantized { table, dim, .. } => {
+                let dtype = table.dtype();
+                let row_bytes = dim / dtype.block_size() * dtype.type_size();
+                let data = table.data()?;
+                let rows = ids
+                    .iter()
+                    .map(|&id| {
+                        let start = id as usize * row_bytes;
+                        let raw = &data[start..start + row_bytes];
+                        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                            dtype,
+                            raw,
+                            vec![*dim],
+                            &Device::Cpu,
+                        )?;
+                        q.dequantize(&Device::Cpu)
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok(Tensor::stack(&rows, 0)?.to_device(device)?)
+            }
+        }
+    }
+
+    /// The table as an output projection (tied embeddings).
+    pub fn as_linear(&self) -> Result<Linear> {
+        Ok(match self {
+            Embedding::Dense(t) => Linear::from_qmatmul(QMatMul::Tensor(t.clone()), None),
+            Embedding::Quantized { table, .. } => Linear::from_qmatmul(QMatMul::from_arc(table.clone())?, None),
+        })
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the models crate: parity with the reference implementation on
+//! committed tiny checkpoints, engine behaviour (KV cache, batching, prefix reuse,
+//! decoding), bad input, and real weights fetched by `scripts/fetch-models`.
+
+mod common;
+mod engine;
+mod parity;
