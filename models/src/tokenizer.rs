@@ -61,10 +61,6 @@ const END_OF_SEQUENCE: &[&str] = &["</s>", "<eos>"];
 /// Beginning-of-sequence spellings, for a `tokenizer.json` whose post-processor adds none.
 const BEGIN_OF_SEQUENCE: &[&str] = &["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"];
 
-/// GPT-2's split, as `ByteLevel(use_regex = true)` applies it.
-const GPT2_SPLIT: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-
 /// Llama 3's split, from its `tokenizer.json`.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -716,12 +712,17 @@ fn merges_from_scores(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(
         order: usize,
     }
     let mut candidates = Vec::new();
-    for (id, token) in tokens.iter().enumerate() {
-        // transformers walks a token -> score dict: a duplicate text is visited once, with
-        // the last score.
-        if vocab.get(token) != Some(&(id as u32)) {
+    let mut seen = HashSet::new();
+    for (order, token) in tokens.iter().enumerate() {
+        // transformers walks a token -> score dict: a duplicate text is visited once, in
+        // its first position, with the score (and id) of its last occurrence.
+        let Some(&id) = vocab.get(token) else {
+            continue;
+        };
+        if !seen.insert(id) {
             continue;
         }
+        let id = id as usize;
         let chars = token.chars().count();
         for (index, (at, _)) in token.char_indices().enumerate().skip(1) {
             let (left, right) = token.split_at(at);
@@ -734,7 +735,7 @@ fn merges_from_scores(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(
                     right_chars: chars - index,
                     left_id,
                     right_id,
-                    order: id,
+                    order,
                 });
             }
         }

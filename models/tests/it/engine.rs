@@ -1,1 +1,251 @@
+//! Engine behaviour on tiny random checkpoints: the KV cache, batching, prefix reuse and
+//! the decoding strategies agree with each other and with cache-less computation.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use candle_core::Tensor;
+use tessera_models::engine::{Engine, PrefixCacheLimits};
+use tessera_models::generate::{BeamParams, FinishReason, GenerateParams};
+use tessera_models::kv_cache::SeqCache;
+use tessera_models::model::{BatchItem, CausalLm, ModelInfo};
+use tessera_models::sampling::Sampling;
+
+use crate::common::{engine, expected, load_fixture_llama, max_abs_diff};
+
+const TOL: f32 = 1e-4;
+const MODELS: [&str; 2] = ["qwen2", "llama"];
+
+fn prompt() -> Vec<u32> {
+    expected("qwen2").input_ids[0].clone()
+}
+
+#[test]
+fn logits_with_kv_cache_equal_logits_without() {
+    for name in MODELS {
+        let model = load_fixture_llama(name);
+        let ids = prompt();
+        let cold = Engine::new(model.clone()).logits(&ids).unwrap();
+        // Feed the same tokens in uneven chunks through one cache.
+        let mut cache = SeqCache::new();
+        let mut rows = Vec::new();
+        for chunk in [&ids[..3], &ids[3..4], &ids[4..9], &ids[9..]] {
+            let mut b = [BatchItem {
+                tokens: chunk,
+                cache: &mut cache,
+                all_logits: true,
+            }];
+            rows.push(model.forward(&mut b).unwrap().remove(0));
+        }
+        let warm = Tensor::cat(&rows, 0).unwrap();
+        let diff = max_abs_diff(&cold, &warm);
+        assert!(diff <= TOL, "{name}: cached vs uncached logits differ by {diff}");
+        assert_eq!(cache.tokens(), &ids[..]);
+    }
+}
+
+#[test]
+fn batched_sequences_equal_sequences_run_one_by_one() {
+    for name in MODELS {
+        let model = load_fixture_llama(name);
+        let exp = expected(name);
+        let (a, b) = (&exp.input_ids[0], &exp.input_ids[1]);
+        // Different cache lengths and different numbers of new tokens in one batch.
+        let mut ca = SeqCache::new();
+        let mut cb = SeqCache::new();
+        model
+            .forward(&mut [BatchItem { tokens: &a[..4], cache: &mut ca, all_logits: false }])
+            .unwrap();
+        model
+            .forward(&mut [BatchItem { tokens: &b[..7], cache: &mut cb, all_logits: false }])
+            .unwrap();
+        let out = model
+            .forward(&mut [
+                BatchItem { tokens: &a[4..], cache: &mut ca, all_logits: true },
+                BatchItem { tokens: &b[7..], cache: &mut cb, all_logits: true },
+            ])
+            .unwrap();
+        let e = Engine::new(model.clone());
+        let full_a = e.logits(a).unwrap().narrow(0, 4, a.len() - 4).unwrap();
+        let full_b = e.logits(b).unwrap().narrow(0, 7, b.len() - 7).unwrap();
+        assert!(max_abs_diff(&out[0], &full_a) <= TOL, "{name}: first sequence");
+        assert!(max_abs_diff(&out[1], &full_b) <= TOL, "{name}: second sequence");
+    }
+}
+
+fn beam(n: usize, ret: usize, max: usize) -> GenerateParams {
+    GenerateParams {
+        max_new_tokens: max,
+        beams: Some(BeamParams {
+            num_beams: n,
+            length_penalty: 1.0,
+            early_stopping: false,
+            num_return_sequences: ret,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn one_beam_equals_greedy() {
+    for name in MODELS {
+        let e = engine(name);
+        let greedy = GenerateParams { max_new_tokens: 10, ..Default::default() };
+        let g = e.generate_tokens(&prompt(), &greedy, None, None).unwrap();
+        let b = e.generate_tokens(&prompt(), &beam(1, 1, 10), None, None).unwrap();
+        assert_eq!(g.completions[0].tokens, b.completions[0].tokens, "{name}");
+    }
+}
+
+#[test]
+fn beams_come_sorted_and_beat_greedy() {
+    for name in MODELS {
+        let e = engine(name);
+        let greedy = GenerateParams { max_new_tokens: 8, ..Default::default() };
+        let g = e.generate_tokens(&prompt(), &greedy, None, None).unwrap();
+        let greedy_score = g.completions[0].score / 8.0; // same length penalty (1.0)
+        let b = e.generate_tokens(&prompt(), &beam(4, 4, 8), None, None).unwrap();
+        assert_eq!(b.completions.len(), 4);
+        let scores: Vec<f32> = b.completions.iter().map(|c| c.score).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{name}: not sorted: {scores:?}");
+        assert!(scores[0] >= greedy_score - 1e-5, "{name}: best beam {} < greedy {greedy_score}", scores[0]);
+        let distinct: std::collections::HashSet<_> = b.completions.iter().map(|c| c.tokens.clone()).collect();
+        assert_eq!(distinct.len(), 4, "{name}: returned beams must differ");
+    }
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let e = engine("qwen2");
+    let params = |seed| GenerateParams {
+        max_new_tokens: 12,
+        sampling: Sampling::Sample { temperature: 1.0, top_k: Some(50), top_p: Some(0.95), seed },
+        num_samples: 3,
+        ..Default::default()
+    };
+    let run = |seed| {
+        e.generate_tokens(&prompt(), &params(seed), None, None)
+            .unwrap()
+            .completions
+            .into_iter()
+            .map(|c| c.tokens)
+            .collect::<Vec<_>>()
+    };
+    let a = run(42);
+    assert_eq!(a, run(42));
+    assert_ne!(a, run(43));
+    assert_eq!(a.len(), 3);
+    assert!(a.iter().all(|t| t.len() == 12));
+}
+
+#[test]
+fn prefix_reuse_gives_the_same_logits_as_a_cold_prefill() {
+    let e = engine("qwen2");
+    let base = prompt();
+    let (first, reused) = e.prefill(&base).unwrap();
+    assert_eq!(reused, 0);
+    // An edit of the last token: everything before it comes from the cache.
+    let mut edited = base.clone();
+    *edited.last_mut().unwrap() = (edited.last().unwrap() + 1) % 256;
+    edited.push(17);
+    let (warm, reused) = e.prefill(&edited).unwrap();
+    assert_eq!(reused, base.len() - 1);
+    e.clear_prefix_cache();
+    let (cold, reused) = e.prefill(&edited).unwrap();
+    assert_eq!(reused, 0);
+    assert!(max_abs_diff(&warm.logits, &cold.logits) <= TOL);
+    // The identical prompt again reuses all but its last token.
+    let (_, reused) = e.prefill(&base).unwrap();
+    assert_eq!(reused, base.len() - 1);
+    drop(first);
+}
+
+#[test]
+fn prefix_cache_is_bounded() {
+    let model = load_fixture_llama("qwen2");
+    let e = Engine::with_limits(model, PrefixCacheLimits { max_entries: 2, max_tokens: 1000 });
+    let p = |x: u32| vec![x, 1, 2, 3, 4];
+    for x in 10..13 {
+        e.prefill(&p(x)).unwrap();
+    }
+    // Entry 10 was evicted, 12 is still there.
+    assert_eq!(e.prefill(&p(10)).unwrap().1, 0);
+    assert_eq!(e.prefill(&p(12)).unwrap().1, 4);
+}
+
+/// A model wrapper that raises the cancel flag after a number of forward calls.
+struct CancelAfter {
+    inner: Arc<dyn CausalLm>,
+    calls: AtomicUsize,
+    after: usize,
+    flag: Arc<AtomicBool>,
+}
+
+impl CausalLm for CancelAfter {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+    fn device(&self) -> &candle_core::Device {
+        self.inner.device()
+    }
+    fn forward(&self, batch: &mut [BatchItem<'_>]) -> tessera_models::Result<Vec<Tensor>> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 >= self.after {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+        self.inner.forward(batch)
+    }
+}
+
+#[test]
+fn cancellation_stops_within_a_step() {
+    for beams in [None, Some(3)] {
+        let flag = Arc::new(AtomicBool::new(false));
+        let model = Arc::new(CancelAfter {
+            inner: load_fixture_llama("qwen2"),
+            calls: AtomicUsize::new(0),
+            after: 4, // prefill + 3 decode steps
+            flag: flag.clone(),
+        });
+        let e = Engine::new(model.clone());
+        let mut params = match beams {
+            Some(n) => beam(n, 1, 100),
+            None => GenerateParams { max_new_tokens: 100, ..Default::default() },
+        };
+        params.cancel = Some(flag);
+        let g = e.generate_tokens(&prompt(), &params, None, None).unwrap();
+        let c = &g.completions[0];
+        assert_eq!(c.finish_reason, FinishReason::Cancelled, "beams {beams:?}");
+        assert_eq!(model.calls.load(Ordering::SeqCst), 4, "no forward after the flag");
+        // Prefill + 3 steps chose 3 tokens; the logits of the 4th forward are dropped.
+        assert_eq!(c.tokens.len(), 3, "returns what it had");
+    }
+}
+
+#[test]
+fn eos_stops_and_is_reported() {
+    let e = engine("qwen2");
+    let exp = expected("qwen2");
+    let params = GenerateParams {
+        max_new_tokens: 20,
+        eos_ids: vec![exp.greedy[3]],
+        ..Default::default()
+    };
+    let g = e.generate_tokens(&exp.input_ids[0], &params, None, None).unwrap();
+    assert_eq!(g.completions[0].finish_reason, FinishReason::Eos);
+    assert_eq!(g.completions[0].tokens, exp.greedy[..4]);
+}
+
+#[test]
+fn bad_requests_are_errors_not_panics() {
+    let e = engine("qwen2");
+    let p = GenerateParams::default();
+    let err = e.generate_tokens(&[], &p, None, None).unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
+    let long = vec![1u32; 600];
+    let err = e.generate_tokens(&long, &p, None, None).unwrap_err().to_string();
+    assert!(err.contains("context"), "{err}");
+    let err = e.generate_tokens(&[1, 9999], &p, None, None).unwrap_err().to_string();
+    assert!(err.contains("9999"), "{err}");
+    let err = e.generate_tokens(&[1, 2], &beam(2, 3, 4), None, None).unwrap_err().to_string();
+    assert!(err.contains("num_return_sequences"), "{err}");
+}
