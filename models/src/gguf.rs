@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{Device, Tensor};
 
-#[cfg(any())] // enabled once tokenizer::GgufVocab lands
 use crate::tokenizer::GgufVocab;
 use crate::{Error, Result};
 
@@ -507,7 +506,6 @@ impl GgufFile {
     }
 
     /// The tokenizer described by the `tokenizer.ggml.*` metadata.
-    #[cfg(any())]
     pub fn vocab(&self) -> Result<GgufVocab> {
         let strings = |key: &str| -> Result<Vec<String>> {
             let arr = self.get(key).and_then(MetaValue::as_array).ok_or_else(|| self.missing(key, "an array"))?;
@@ -570,6 +568,7 @@ impl GgufFile {
             pad_id: opt_id("tokenizer.ggml.padding_token_id")?,
             unk_id: opt_id("tokenizer.ggml.unknown_token_id")?,
             add_bos: self.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool),
+            add_space_prefix: self.get("tokenizer.ggml.add_space_prefix").and_then(MetaValue::as_bool),
         })
     }
 }

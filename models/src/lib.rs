@@ -5,6 +5,7 @@
 //! The crate knows nothing of LSP, HTTP or command lines; callers hand it token ids or
 //! text and get back tokens, text and scores.
 
+pub mod decoder;
 pub mod engine;
 pub mod error;
 pub mod generate;
@@ -12,8 +13,10 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
+pub mod loader;
 pub mod model;
 pub mod sampling;
+pub mod starcoder2;
 pub mod tokenizer;
 pub mod weights;
 

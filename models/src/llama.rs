@@ -11,9 +11,10 @@
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
-use crate::layers::{self, AttentionInput, Llama3RopeScaling, RmsNorm, Rotary};
-use crate::model::{BatchItem, CausalLm, ModelInfo, check_batch};
-use crate::weights::{Embedding, Linear, WeightStore};
+use crate::decoder::{Block, Decoder, Heads, Mlp, Norm};
+use crate::layers::{Llama3RopeScaling, RmsNorm, Rotary};
+use crate::model::{BatchItem, CausalLm, ModelInfo};
+use crate::weights::{Linear, WeightStore};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -33,10 +34,13 @@ pub struct LlamaConfig {
     pub head_dim: Option<usize>,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers >= 5 writes `rope_theta` and the scaling here instead.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
     #[serde(default = "default_max_pos")]
     pub max_position_embeddings: usize,
     #[serde(default)]
@@ -51,9 +55,6 @@ pub struct LlamaConfig {
 fn default_eps() -> f64 {
     1e-6
 }
-fn default_theta() -> f64 {
-    10_000.0
-}
 fn default_max_pos() -> usize {
     4096
 }
@@ -67,12 +68,20 @@ impl LlamaConfig {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta
+            .or_else(|| self.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
+            .unwrap_or(10_000.0)
+    }
+
     fn qkv_bias(&self) -> bool {
         self.attention_bias.unwrap_or(self.model_type == "qwen2")
     }
 
     fn llama3_scaling(&self) -> Result<Option<Llama3RopeScaling>> {
-        let Some(s) = &self.rope_scaling else { return Ok(None) };
+        let Some(s) = self.rope_scaling.as_ref().or(self.rope_parameters.as_ref()) else {
+            return Ok(None);
+        };
         if s.is_null() {
             return Ok(None);
         }
@@ -139,8 +148,9 @@ impl LlamaConfig {
             }),
             head_dim,
             rms_norm_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
-            rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()),
             rope_scaling: None,
+            rope_parameters: None,
             max_position_embeddings: g.get_usize(&key("context_length"))?,
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
             attention_bias: Some(g.tensor_info("blk.0.attn_q.bias").is_some()),
@@ -151,28 +161,10 @@ impl LlamaConfig {
     }
 }
 
-struct Block {
-    attn_norm: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    mlp_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-/// A loaded Llama-family model.
+/// A loaded Llama-family model: the shared decoder with RMSNorm and a SwiGLU MLP.
 pub struct Llama {
     cfg: LlamaConfig,
-    info: ModelInfo,
-    device: Device,
-    embed: Embedding,
-    blocks: Vec<Block>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    rotary: Rotary,
+    decoder: Decoder,
 }
 
 /// Tensor names in the two layouts.
@@ -223,19 +215,24 @@ impl Llama {
         for layer in 0..cfg.num_hidden_layers {
             let [an, q, k, v, o, mn, gate, up, down] = names(gguf, layer);
             let lin = |name: &str, out, inp, b| Linear::load(store, name, out, inp, b, device);
+            let norm = |name: &str| -> Result<Norm> {
+                Ok(Norm::Rms(RmsNorm::new(store.tensor(name, &[h], device)?, cfg.rms_norm_eps)))
+            };
             blocks.push(Block {
-                attn_norm: RmsNorm::new(store.tensor(&an, &[h], device)?, cfg.rms_norm_eps),
+                attn_norm: norm(&an)?,
                 q: lin(&q, nq, h, bias)?,
                 k: lin(&k, nkv, h, bias)?,
                 v: lin(&v, nkv, h, bias)?,
                 o: lin(&o, h, nq, false)?,
-                mlp_norm: RmsNorm::new(store.tensor(&mn, &[h], device)?, cfg.rms_norm_eps),
-                gate: lin(&gate, cfg.intermediate_size, h, false)?,
-                up: lin(&up, cfg.intermediate_size, h, false)?,
-                down: lin(&down, h, cfg.intermediate_size, false)?,
+                mlp_norm: norm(&mn)?,
+                mlp: Mlp::SwiGlu {
+                    gate: lin(&gate, cfg.intermediate_size, h, false)?,
+                    up: lin(&up, cfg.intermediate_size, h, false)?,
+                    down: lin(&down, h, cfg.intermediate_size, false)?,
+                },
             });
         }
-        let norm = RmsNorm::new(store.tensor(norm_name, &[h], device)?, cfg.rms_norm_eps);
+        let norm = Norm::Rms(RmsNorm::new(store.tensor(norm_name, &[h], device)?, cfg.rms_norm_eps));
         let lm_head = if store.contains(head_name) {
             Linear::from_qmatmul(store.matrix(head_name, cfg.vocab_size, h, device)?, None)
         } else {
@@ -249,17 +246,14 @@ impl Llama {
         };
         let rotary = Rotary::new(
             hd,
-            cfg.rope_theta,
+            cfg.rope_theta(),
             cfg.max_position_embeddings,
             cfg.llama3_scaling()?.as_ref(),
             freq_factors.as_deref(),
             cfg.rope_interleaved,
             device,
         )?;
-        let weight_bytes = match store {
-            WeightStore::Gguf(g) => g.tensor_infos().iter().map(|t| t.size).sum(),
-            WeightStore::Safetensors { .. } => 0,
-        };
+        let weight_bytes = store.total_bytes();
         let info = ModelInfo {
             architecture: cfg.model_type.clone(),
             vocab_size: cfg.vocab_size,
@@ -267,15 +261,23 @@ impl Llama {
             num_layers: cfg.num_hidden_layers,
             weight_bytes,
         };
+        let heads = Heads {
+            query: cfg.num_attention_heads,
+            key_value: cfg.kv_heads(),
+            dim: hd,
+        };
         Ok(Llama {
             cfg,
-            info,
-            device: device.clone(),
-            embed,
-            blocks,
-            norm,
-            lm_head,
-            rotary,
+            decoder: Decoder {
+                info,
+                device: device.clone(),
+                heads,
+                embed,
+                blocks,
+                norm,
+                lm_head,
+                rotary,
+            },
         })
     }
 
@@ -286,71 +288,17 @@ impl Llama {
 
 impl CausalLm for Llama {
     fn info(&self) -> &ModelInfo {
-        &self.info
+        &self.decoder.info
     }
 
     fn device(&self) -> &Device {
-        &self.device
+        &self.decoder.device
     }
 
     fn forward(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
-        check_batch(&self.info, batch)?;
-        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
-        let ids: Vec<u32> = batch.iter().flat_map(|b| b.tokens.iter().copied()).collect();
-        let mut x = self.embed.forward(&ids, &self.device)?;
-        let mut new_kv: Vec<(Vec<Tensor>, Vec<Tensor>)> =
-            batch.iter().map(|_| (Vec::with_capacity(self.blocks.len()), Vec::new())).collect();
-        for (layer, block) in self.blocks.iter().enumerate() {
-            let h = block.attn_norm.forward(&x)?;
-            let (q, k, v) = (block.q.forward(&h)?, block.k.forward(&h)?, block.v.forward(&h)?);
-            let mut outs = Vec::with_capacity(batch.len());
-            let mut start = 0;
-            for (item, kv) in batch.iter().zip(new_kv.iter_mut()) {
-                let n = item.tokens.len();
-                let (out, k, v) = layers::attend(
-                    &self.rotary,
-                    AttentionInput {
-                        q: layers::split_heads(&q.narrow(0, start, n)?, nh, hd)?,
-                        k: layers::split_heads(&k.narrow(0, start, n)?, nkv, hd)?,
-                        v: layers::split_heads(&v.narrow(0, start, n)?, nkv, hd)?,
-                        cache: item.cache,
-                        layer,
-                    },
-                )?;
-                kv.0.push(k);
-                kv.1.push(v);
-                outs.push(out);
-                start += n;
-            }
-            let attn = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
-            x = (x + block.o.forward(&attn)?)?;
-            let h = block.mlp_norm.forward(&x)?;
-            let mlp = (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
-            x = (x + block.down.forward(&mlp)?)?;
-        }
-        let x = self.norm.forward(&x)?;
-        // Project only the rows whose logits are wanted: the vocabulary projection is the
-        // largest matrix of small models.
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut start = 0;
-        for item in batch.iter() {
-            let n = item.tokens.len();
-            rows.push(if item.all_logits { x.narrow(0, start, n)? } else { x.narrow(0, start + n - 1, 1)? });
-            start += n;
-        }
-        let logits = self.lm_head.forward(&Tensor::cat(&rows, 0)?)?;
-        let mut out = Vec::with_capacity(batch.len());
-        let mut start = 0;
-        for (item, (ks, vs)) in batch.iter_mut().zip(new_kv) {
-            let n = if item.all_logits { item.tokens.len() } else { 1 };
-            out.push(logits.narrow(0, start, n)?);
-            start += n;
-            item.cache.append(item.tokens, ks, vs)?;
-        }
-        Ok(out)
+        self.decoder.forward(batch)
     }
 }
-
 
 impl Llama {
     /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors).

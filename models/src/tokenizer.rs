@@ -9,9 +9,9 @@
 //!   the split regex (Qwen2, Llama 3, GPT-2, StarCoder/SmolLM digits-then-GPT-2, ...),
 //!   followed by a non-splitting `ByteLevel` pre-tokenizer, a `ByteLevel` decoder and a BPE
 //!   model over the file's tokens and merges.
-//! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE, rebuilt the way transformers'
-//!   `LlamaConverter` does: `Metaspace` (`▁`, prepend to the first section only), BPE with
-//!   byte fallback over `<0xNN>` tokens, merges derived from the token scores.
+//! - `tokenizer.ggml.model = "llama"`: SentencePiece BPE, rebuilt as Llama 2's
+//!   `tokenizer.json`: a `▁` prefix and spaces as `▁` (normalizer), BPE with byte fallback
+//!   over `<0xNN>` tokens, merges derived from the token scores as transformers does.
 //!
 //! In both, control and unknown tokens become special added tokens (matched whole in the
 //! input text, skippable on decode) and user-defined tokens become plain added tokens.
@@ -24,10 +24,10 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::normalizers::{NFC, Replace};
+use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
+use tokenizers::normalizers::{NFC, Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{
@@ -196,7 +196,7 @@ impl Tokenizer {
     }
 
     /// Build the tokenizer a GGUF file describes. `source` is the GGUF path, for errors.
-    pub fn from_gguf(vocab: GgufVocab, source: &Path) -> Result<Self> {
+    pub fn from_gguf(mut vocab: GgufVocab, source: &Path) -> Result<Self> {
         validate(&vocab, source)?;
         let kind = match vocab.model.as_str() {
             "gpt2" => GgufKind::ByteLevel,
@@ -210,7 +210,8 @@ impl Tokenizer {
             }
         };
 
-        let tokens = spell_tokens(&vocab.tokens);
+        let mut tokens = std::mem::take(&mut vocab.tokens);
+        spell_tokens(&mut tokens);
         let types = vocab.token_types.as_deref();
         let type_of = |id: usize| types.map_or(1, |types| types[id]);
 
@@ -231,7 +232,14 @@ impl Tokenizer {
 
         let (model, normalizer, pre_tokenizer, decoder, add_bos_default) = match kind {
             GgufKind::ByteLevel => {
-                let pre = vocab.pre.as_deref().unwrap_or("default");
+                let pre = vocab.pre.as_deref().unwrap_or_else(|| {
+                    tracing::warn!(
+                        "{}: no tokenizer.ggml.pre, splitting text like GPT-2; token ids may \
+                         differ from the model's own tokenizer",
+                        source.display()
+                    );
+                    "default"
+                });
                 let split = ByteLevelSplit::for_pre(pre, source);
                 let merges = parse_merges(&vocab.merges, &ids, source)?;
                 let bpe = BPE::builder()
@@ -242,7 +250,7 @@ impl Tokenizer {
                 let normalizer = split.nfc.then(|| NormalizerWrapper::from(NFC));
                 let pre_tokenizer = split.pre_tokenizer(source)?;
                 let decoder = DecoderWrapper::from(ByteLevel::default());
-                (bpe, normalizer, pre_tokenizer, decoder, split.add_bos)
+                (bpe, normalizer, Some(pre_tokenizer), decoder, split.add_bos)
             }
             GgufKind::SentencePiece => {
                 let Some(scores) = vocab.scores.as_deref() else {
@@ -271,32 +279,39 @@ impl Tokenizer {
                 let bpe = builder
                     .build()
                     .map_err(|e| Error::format(source, format!("sentencepiece bpe: {e}")))?;
+                // Llama 2's own tokenizer.json: spaces become `▁` and every stretch of text
+                // between special tokens gets a leading `▁`, which is what SentencePiece's
+                // dummy prefix and llama.cpp (a space after each special token) do too.
+                // Metaspace's "first" scheme would instead drop the extra `▁` of text that
+                // starts with a space.
                 let add_prefix = vocab.add_space_prefix.unwrap_or(true);
-                let scheme = if add_prefix {
-                    PrependScheme::First
-                } else {
-                    PrependScheme::Never
+                let replace = |from: &str, to: &str| {
+                    Replace::new(from, to)
+                        .map_err(|e| Error::Tokenizer(format!("sentencepiece {from:?}: {e}")))
                 };
-                let pre_tokenizer = PreTokenizerWrapper::from(Metaspace::new('▁', scheme, false));
-                let replace = Replace::new("▁", " ")
-                    .map_err(|e| Error::Tokenizer(format!("sentencepiece decoder: {e}")))?;
+                let mut normalizers = Vec::new();
+                if add_prefix {
+                    normalizers.push(NormalizerWrapper::from(Prepend::new("▁".into())));
+                }
+                normalizers.push(replace(" ", "▁")?.into());
+                let normalizer = NormalizerWrapper::from(NormalizerSequence::new(normalizers));
                 let mut steps = vec![
-                    DecoderWrapper::from(replace),
+                    DecoderWrapper::from(replace("▁", " ")?),
                     DecoderWrapper::from(ByteFallback::new()),
                     DecoderWrapper::from(Fuse::new()),
                 ];
                 if add_prefix {
-                    // The space Metaspace put in front of the first word is not text.
+                    // The space put in front of the first word is not text.
                     steps.push(DecoderWrapper::from(Strip::new(' ', 1, 0)));
                 }
                 let decoder = DecoderWrapper::from(DecoderSequence::new(steps));
-                (bpe, None, pre_tokenizer, decoder, true)
+                (bpe, Some(normalizer), None, decoder, true)
             }
         };
 
         let mut inner = tokenizers::Tokenizer::new(model);
         inner.with_normalizer(normalizer);
-        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_pre_tokenizer(pre_tokenizer);
         inner.with_decoder(Some(decoder));
 
         // Generation stops on the declared ids and on the well-known end tokens present.
@@ -638,23 +653,18 @@ fn validate(vocab: &GgufVocab, source: &Path) -> Result<()> {
 
 /// The tokens as the BPE model will know them. An empty token can never be produced or
 /// looked up, so it gets a placeholder name (llama.cpp's) that keeps its id decodable.
-fn spell_tokens(tokens: &[String]) -> Vec<String> {
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(id, token)| {
-            if token.is_empty() {
-                format!("[EMPTY_{id}]")
-            } else {
-                token.clone()
-            }
-        })
-        .collect()
+fn spell_tokens(tokens: &mut [String]) {
+    for (id, token) in tokens.iter_mut().enumerate() {
+        if token.is_empty() {
+            *token = format!("[EMPTY_{id}]");
+        }
+    }
 }
 
 /// Parse "left right" merges (split at the first space after the first character, as
 /// llama.cpp does) and check that both halves and their concatenation are tokens.
 fn parse_merges(merges: &[String], vocab: &Vocab, source: &Path) -> Result<Vec<(String, String)>> {
+    let mut merged = String::new();
     merges
         .iter()
         .enumerate()
@@ -681,8 +691,11 @@ fn parse_merges(merges: &[String], vocab: &Vocab, source: &Path) -> Result<Vec<(
                     ));
                 }
             }
-            let merged = format!("{left}{right}");
-            if !vocab.contains_key(&merged) {
+            // One buffer for all concatenations: this runs for every merge (150k for Qwen).
+            merged.clear();
+            merged.push_str(left);
+            merged.push_str(right);
+            if !vocab.contains_key(merged.as_str()) {
                 return Err(Error::format(
                     source,
                     format!(
@@ -939,6 +952,46 @@ mod tests {
         let err = Tokenizer::from_file(&bad).unwrap_err();
         assert!(matches!(err, Error::Format { .. }), "{err}");
         assert!(err.to_string().contains("tokenizer.json"), "{err}");
+    }
+
+    #[test]
+    fn tokenizer_json_facts() {
+        let json = r#"{
+          "version": "1.0",
+          "truncation": {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0},
+          "padding": null,
+          "added_tokens": [
+            {"id": 0, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 1, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+          ],
+          "normalizer": null,
+          "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+          "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}
+          },
+          "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+          "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "vocab": {"<s>": 0, "</s>": 1, "h": 2, "i": 3, "hi": 4, "Ġ": 5, "Ġhi": 6},
+            "merges": ["h i", "Ġ hi"]
+          }
+        }"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json).unwrap();
+        let tok = Tokenizer::from_file(&path).unwrap();
+        assert_eq!(tok.bos_id(), Some(0));
+        assert_eq!(tok.eos_ids(), &[1]);
+        assert!(tok.is_special(0) && tok.is_special(1) && !tok.is_special(4));
+        assert_eq!(tok.vocab_size(), 7);
+        // The file's truncation to 2 tokens is switched off.
+        assert_eq!(tok.encode("hi hi hi", true).unwrap(), vec![0, 4, 6, 6]);
+        assert_eq!(tok.encode("hi hi hi</s>", false).unwrap(), vec![4, 6, 6, 1]);
+        assert_eq!(tok.decode(&[0, 4, 6, 1], true).unwrap(), "hi hi");
     }
 
     #[test]

@@ -85,6 +85,18 @@ impl WeightStore {
         }
     }
 
+    /// Bytes of all stored tensors (what one forward pass reads from memory).
+    pub fn total_bytes(&self) -> usize {
+        match self {
+            WeightStore::Gguf(g) => g.tensor_infos().iter().map(|t| t.size).sum(),
+            WeightStore::Safetensors { files, .. } => files
+                .tensors()
+                .iter()
+                .map(|(_, v)| v.data().len())
+                .sum(),
+        }
+    }
+
     pub fn is_gguf(&self) -> bool {
         matches!(self, WeightStore::Gguf(_))
     }
@@ -160,6 +172,9 @@ impl WeightStore {
     }
 }
 
+/// Row counts above which a quantized matrix is dequantized for one dense GEMM.
+const DEQUANTIZE_ABOVE_ROWS: usize = 16;
+
 /// `y = x W^T (+ b)`, with `W` dense or in a ggml block format.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -186,6 +201,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             QMatMul::Tensor(w) => x.matmul(&w.t()?)?,
+            // A long prefill is compute-bound: dequantizing the matrix once and running a
+            // dense GEMM beats block-by-block dot products many times over.
+            QMatMul::QTensor(q) if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => {
+                x.matmul(&q.dequantize(x.device())?.t()?)?
+            }
             q => x.apply(q)?,
         };
         Ok(match &self.bias {

@@ -15,8 +15,11 @@ pub fn load_fixture_llama(name: &str) -> Arc<Llama> {
     Arc::new(Llama::from_dir(&fixture(name), &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}")))
 }
 
+/// An engine over any fixture checkpoint, dispatched on its `model_type`.
 pub fn engine(name: &str) -> Engine {
-    Engine::new(load_fixture_llama(name))
+    let model = tessera_models::loader::load_checkpoint_model(&fixture(name), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    Engine::new(model)
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

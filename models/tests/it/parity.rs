@@ -78,3 +78,13 @@ fn qwen2_greedy_and_beam_search_match_transformers() {
 fn llama_greedy_and_beam_search_match_transformers() {
     check_generation("llama");
 }
+
+#[test]
+fn starcoder2_logits_match_transformers() {
+    check_logits("starcoder2");
+}
+
+#[test]
+fn starcoder2_greedy_and_beam_search_match_transformers() {
+    check_generation("starcoder2");
+}

@@ -1,0 +1,148 @@
+//! The pre-norm decoder-only transformer that the supported causal LMs share (Radford et
+//! al. 2019 with the pre-norm placement; Llama's and StarCoder2's variants differ only in
+//! their norm and MLP, chosen here by [`Norm`] and [`Mlp`]). Architecture files
+//! (`llama.rs`, `starcoder2.rs`) read their configs and weight names and build a
+//! [`Decoder`]; the forward pass over the engine's KV caches lives here once.
+
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+use crate::layers::{self, AttentionInput, LayerNorm, RmsNorm, Rotary};
+use crate::model::{BatchItem, CausalLm, ModelInfo, check_batch};
+use crate::weights::{Embedding, Linear};
+
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Rms(RmsNorm),
+    Layer(LayerNorm),
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Norm::Rms(n) => n.forward(x),
+            Norm::Layer(n) => n.forward(x),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Mlp {
+    /// `down(silu(gate(x)) * up(x))` (Shazeer 2020).
+    SwiGlu { gate: Linear, up: Linear, down: Linear },
+    /// `proj(gelu_tanh(fc(x)))`.
+    Gelu { fc: Linear, proj: Linear },
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Mlp::SwiGlu { gate, up, down } => {
+                let h = (candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?)?;
+                down.forward(&h)
+            }
+            Mlp::Gelu { fc, proj } => proj.forward(&fc.forward(x)?.gelu()?),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: Norm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: Norm,
+    pub mlp: Mlp,
+}
+
+/// Attention geometry.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub query: usize,
+    pub key_value: usize,
+    pub dim: usize,
+}
+
+/// A loaded decoder-only transformer.
+pub struct Decoder {
+    pub info: ModelInfo,
+    pub device: Device,
+    pub heads: Heads,
+    pub embed: Embedding,
+    pub blocks: Vec<Block>,
+    pub norm: Norm,
+    pub lm_head: Linear,
+    pub rotary: Rotary,
+}
+
+impl CausalLm for Decoder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn forward(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
+        check_batch(&self.info, batch)?;
+        let Heads { query: nh, key_value: nkv, dim: hd } = self.heads;
+        let ids: Vec<u32> = batch.iter().flat_map(|b| b.tokens.iter().copied()).collect();
+        // All sequences' new tokens are packed into one `[tokens, hidden]` matrix, so the
+        // projections read each weight once per step whatever the batch size.
+        let mut x = self.embed.forward(&ids, &self.device)?;
+        let mut new_kv: Vec<(Vec<Tensor>, Vec<Tensor>)> = batch
+            .iter()
+            .map(|_| (Vec::with_capacity(self.blocks.len()), Vec::with_capacity(self.blocks.len())))
+            .collect();
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = block.attn_norm.forward(&x)?;
+            let (q, k, v) = (block.q.forward(&h)?, block.k.forward(&h)?, block.v.forward(&h)?);
+            let mut outs = Vec::with_capacity(batch.len());
+            let mut start = 0;
+            for (item, kv) in batch.iter().zip(new_kv.iter_mut()) {
+                let n = item.tokens.len();
+                let (out, k, v) = layers::attend(
+                    &self.rotary,
+                    AttentionInput {
+                        q: layers::split_heads(&q.narrow(0, start, n)?, nh, hd)?,
+                        k: layers::split_heads(&k.narrow(0, start, n)?, nkv, hd)?,
+                        v: layers::split_heads(&v.narrow(0, start, n)?, nkv, hd)?,
+                        cache: item.cache,
+                        layer,
+                    },
+                )?;
+                kv.0.push(k);
+                kv.1.push(v);
+                outs.push(out);
+                start += n;
+            }
+            let attn = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
+            x = (x + block.o.forward(&attn)?)?;
+            let h = block.mlp_norm.forward(&x)?;
+            x = (x + block.mlp.forward(&h)?)?;
+        }
+        let x = self.norm.forward(&x)?;
+        // Project only the rows whose logits are wanted: the vocabulary projection is the
+        // largest matrix of small models.
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for item in batch.iter() {
+            let n = item.tokens.len();
+            rows.push(if item.all_logits { x.narrow(0, start, n)? } else { x.narrow(0, start + n - 1, 1)? });
+            start += n;
+        }
+        let logits = self.lm_head.forward(&Tensor::cat(&rows, 0)?)?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for (item, (ks, vs)) in batch.iter_mut().zip(new_kv) {
+            let n = if item.all_logits { item.tokens.len() } else { 1 };
+            out.push(logits.narrow(0, start, n)?);
+            start += n;
+            item.cache.append(item.tokens, ks, vs)?;
+        }
+        Ok(out)
+    }
+}
