@@ -240,8 +240,14 @@ impl TextModel {
         let (model, tokenizer): (Arc<dyn CausalLm>, Tokenizer) = match &location {
             ModelLocation::Gguf(path) => {
                 let gguf = GgufFile::open(path)?;
-                let tokenizer = Tokenizer::from_gguf(gguf.vocab()?, path)?;
                 let arch = gguf.architecture()?.to_owned();
+                if !matches!(arch.as_str(), "llama" | "qwen2" | "starcoder2") {
+                    return Err(Error::unsupported(
+                        path.display().to_string(),
+                        format!("architecture {arch:?} (supported: llama, qwen2, starcoder2)"),
+                    ));
+                }
+                let tokenizer = Tokenizer::from_gguf(gguf.vocab()?, path)?;
                 let model: Arc<dyn CausalLm> = match arch.as_str() {
                     "llama" | "qwen2" => Arc::new(Llama::from_gguf(gguf, device)?),
                     "starcoder2" => Arc::new(StarCoder2::from_gguf(gguf, device)?),

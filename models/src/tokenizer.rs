@@ -71,12 +71,8 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// DeepSeek Coder's splits, applied one after another, from its `tokenizer.json`.
-const DEEPSEEK_CODER_SPLITS: &[&str] = &[
-    r"[\r\n]",
-    r"\s?\p{L}+",
-    r"\s?\p{P}+",
-    r"[一-龥ࠀ-一가-퟿]+",
-];
+const DEEPSEEK_CODER_SPLITS: &[&str] =
+    &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+"];
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_UNKNOWN: i32 = 2;
@@ -487,7 +483,9 @@ impl StreamDecoder<'_> {
     fn emit(&mut self, emitted: &str, window: &str) -> Option<String> {
         // Decoders we know only ever append; if one rewrote earlier text, hold back until
         // `flush` rather than emit text that contradicts what was already sent.
-        let delta = window.strip_prefix(emitted).filter(|delta| !delta.is_empty())?;
+        let delta = window
+            .strip_prefix(emitted)
+            .filter(|delta| !delta.is_empty())?;
         self.text.push_str(delta);
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
@@ -577,12 +575,18 @@ impl ByteLevelSplit {
         let bytes_only = PreTokenizerWrapper::from(ByteLevel::new(false, false, false));
         let steps = match &self.splits {
             Splits::Regexes(patterns) => {
-                let mut steps = patterns.iter().map(|p| regex(p)).collect::<Result<Vec<_>>>()?;
+                let mut steps = patterns
+                    .iter()
+                    .map(|p| regex(p))
+                    .collect::<Result<Vec<_>>>()?;
                 steps.push(bytes_only);
                 steps
             }
             Splits::RegexesThenDigits(patterns) => {
-                let mut steps = patterns.iter().map(|p| regex(p)).collect::<Result<Vec<_>>>()?;
+                let mut steps = patterns
+                    .iter()
+                    .map(|p| regex(p))
+                    .collect::<Result<Vec<_>>>()?;
                 steps.push(Digits::new(true).into());
                 steps.push(bytes_only);
                 steps
@@ -787,8 +791,26 @@ mod tests {
     /// pieces that build them, plus two control tokens.
     fn tiny_vocab() -> GgufVocab {
         let tokens: Vec<String> = [
-            "h", "e", "l", "o", "Ġ", "w", "r", "d", "he", "ll", "hell", "hello", "Ġw", "or",
-            "Ġwor", "ld", "Ġworld", "<|endoftext|>", "<|im_end|>", "<tool_call>",
+            "h",
+            "e",
+            "l",
+            "o",
+            "Ġ",
+            "w",
+            "r",
+            "d",
+            "he",
+            "ll",
+            "hell",
+            "hello",
+            "Ġw",
+            "or",
+            "Ġwor",
+            "ld",
+            "Ġworld",
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<tool_call>",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -830,7 +852,10 @@ mod tests {
         );
         // add_bos is absent and qwen2 does not add one by default.
         assert_eq!(tok.encode("hello", true).unwrap(), vec![11]);
-        assert_eq!(tok.decode(&[11, 16, 18], false).unwrap(), "hello world<|im_end|>");
+        assert_eq!(
+            tok.decode(&[11, 16, 18], false).unwrap(),
+            "hello world<|im_end|>"
+        );
         assert_eq!(tok.decode(&[11, 16, 18], true).unwrap(), "hello world");
         // <tool_call> is user-defined, not special: it survives skip_special.
         assert_eq!(tok.decode(&[19], true).unwrap(), "<tool_call>");

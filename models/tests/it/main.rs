@@ -4,5 +4,7 @@
 
 mod common;
 mod engine;
+mod gguf;
 mod parity;
+mod real_weights;
 mod tokenizer;

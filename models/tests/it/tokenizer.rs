@@ -62,7 +62,9 @@ fn reference_table() {
                 .unwrap_or_else(|e| panic!("{name}: ids for {text:?}: {e}"));
             let got = tok.encode(text, false).unwrap();
             if got != expected {
-                failures.push(format!("{text:?}\n  expected {expected:?}\n  got      {got:?}"));
+                failures.push(format!(
+                    "{text:?}\n  expected {expected:?}\n  got      {got:?}"
+                ));
             }
         }
         assert!(
@@ -161,8 +163,14 @@ fn whisper_tokenizer_json() {
         tok.encode(" Hello world", true).unwrap(),
         vec![50_257, 50_362, 18_435, 995, 50_256]
     );
-    assert_eq!(tok.encode(" Hello world", false).unwrap(), vec![18_435, 995]);
-    assert_eq!(tok.decode(&[50_257, 18_435, 995], true).unwrap(), " Hello world");
+    assert_eq!(
+        tok.encode(" Hello world", false).unwrap(),
+        vec![18_435, 995]
+    );
+    assert_eq!(
+        tok.decode(&[50_257, 18_435, 995], true).unwrap(),
+        " Hello world"
+    );
 }
 
 /// Stream `ids` one at a time and check every delta is whole text that adds up to the
@@ -172,7 +180,10 @@ fn stream_all(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
     let mut deltas = Vec::new();
     for id in ids {
         if let Some(delta) = stream.push(*id).unwrap() {
-            assert!(!delta.contains('\u{FFFD}'), "partial character in {delta:?}");
+            assert!(
+                !delta.contains('\u{FFFD}'),
+                "partial character in {delta:?}"
+            );
             deltas.push(delta);
         }
     }
@@ -191,7 +202,10 @@ fn stream_emoji_split_across_tokens() {
         let text = "ok 🦀 done";
         let ids = tok.encode(text, false).unwrap();
         // Byte-level BPE spells the crab's four bytes with more than one token.
-        let pieces: Vec<String> = ids.iter().map(|id| tok.decode(&[*id], false).unwrap()).collect();
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|id| tok.decode(&[*id], false).unwrap())
+            .collect();
         assert!(
             pieces.iter().filter(|p| p.contains('\u{FFFD}')).count() >= 2,
             "{name}: {pieces:?}"
@@ -315,7 +329,10 @@ fn sentencepiece_special_tokens() {
     // 🦀 is not in the vocabulary: four byte-fallback tokens.
     let ids = tok.encode("🦀", false).unwrap();
     let pieces: Vec<String> = ids.iter().map(|id| tok.id_to_token(*id).unwrap()).collect();
-    assert_eq!(pieces[pieces.len() - 4..], ["<0xF0>", "<0x9F>", "<0xA6>", "<0x80>"]);
+    assert_eq!(
+        pieces[pieces.len() - 4..],
+        ["<0xF0>", "<0x9F>", "<0xA6>", "<0x80>"]
+    );
     assert_eq!(tok.decode(&ids, false).unwrap(), "🦀");
 }
 
