@@ -57,7 +57,9 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     let prompt = if args.prompt == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the prompt from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the prompt from standard input")?;
         s
     } else {
         args.prompt.clone()
@@ -88,7 +90,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         sampling,
         num_samples: args.num_return,
         repetition_penalty: args.repetition_penalty,
-        beams: (args.beams > 1).then(|| BeamParams {
+        beams: (args.beams > 1).then_some(BeamParams {
             num_beams: args.beams,
             length_penalty: args.length_penalty,
             early_stopping: args.early_stopping,
@@ -104,9 +106,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let _ = stdout.write_all(delta.as_bytes());
         let _ = stdout.flush();
     };
-    let generation = model.generate(&prompt, &params, if stream { Some(&mut on_text) } else { None })?;
-    drop(on_text);
-    let mut stdout = std::io::stdout().lock();
+    let generation = model.generate(
+        &prompt,
+        &params,
+        if stream { Some(&mut on_text) } else { None },
+    )?;
     if args.json {
         let completion_tokens: usize = generation.completions.iter().map(|c| c.tokens.len()).sum();
         let new_prefill = generation.prompt_tokens - generation.reused_tokens;

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "Code-assistant language server and multimodal model engine")]
+#[command(
+    name = "tessera",
+    version,
+    about = "Code-assistant language server and multimodal model engine"
+)]
 struct Cli {
     /// Log filter (also RUST_LOG), e.g. `info` or `tessera_models=debug`. Logs go to stderr.
     #[arg(long, global = true, env = "TESSERA_LOG", default_value = "warn")]
@@ -28,12 +32,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
     };

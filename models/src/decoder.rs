@@ -29,7 +29,11 @@ impl Norm {
 #[derive(Debug, Clone)]
 pub enum Mlp {
     /// `down(silu(gate(x)) * up(x))` (Shazeer 2020).
-    SwiGlu { gate: Linear, up: Linear, down: Linear },
+    SwiGlu {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
     /// `proj(gelu_tanh(fc(x)))`.
     Gelu { fc: Linear, proj: Linear },
 }
@@ -88,18 +92,34 @@ impl CausalLm for Decoder {
 
     fn forward(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
         check_batch(&self.info, batch)?;
-        let Heads { query: nh, key_value: nkv, dim: hd } = self.heads;
-        let ids: Vec<u32> = batch.iter().flat_map(|b| b.tokens.iter().copied()).collect();
+        let Heads {
+            query: nh,
+            key_value: nkv,
+            dim: hd,
+        } = self.heads;
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|b| b.tokens.iter().copied())
+            .collect();
         // All sequences' new tokens are packed into one `[tokens, hidden]` matrix, so the
         // projections read each weight once per step whatever the batch size.
         let mut x = self.embed.forward(&ids, &self.device)?;
         let mut new_kv: Vec<(Vec<Tensor>, Vec<Tensor>)> = batch
             .iter()
-            .map(|_| (Vec::with_capacity(self.blocks.len()), Vec::with_capacity(self.blocks.len())))
+            .map(|_| {
+                (
+                    Vec::with_capacity(self.blocks.len()),
+                    Vec::with_capacity(self.blocks.len()),
+                )
+            })
             .collect();
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let (q, k, v) = (block.q.forward(&h)?, block.k.forward(&h)?, block.v.forward(&h)?);
+            let (q, k, v) = (
+                block.q.forward(&h)?,
+                block.k.forward(&h)?,
+                block.v.forward(&h)?,
+            );
             let mut outs = Vec::with_capacity(batch.len());
             let mut start = 0;
             for (item, kv) in batch.iter().zip(new_kv.iter_mut()) {
@@ -119,7 +139,11 @@ impl CausalLm for Decoder {
                 outs.push(out);
                 start += n;
             }
-            let attn = if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 0)? };
+            let attn = if outs.len() == 1 {
+                outs.pop().expect("one output")
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
             x = (x + block.o.forward(&attn)?)?;
             let h = block.mlp_norm.forward(&x)?;
             x = (x + block.mlp.forward(&h)?)?;
@@ -131,14 +155,22 @@ impl CausalLm for Decoder {
         let mut start = 0;
         for item in batch.iter() {
             let n = item.tokens.len();
-            rows.push(if item.all_logits { x.narrow(0, start, n)? } else { x.narrow(0, start + n - 1, 1)? });
+            rows.push(if item.all_logits {
+                x.narrow(0, start, n)?
+            } else {
+                x.narrow(0, start + n - 1, 1)?
+            });
             start += n;
         }
         let logits = self.lm_head.forward(&Tensor::cat(&rows, 0)?)?;
         let mut out = Vec::with_capacity(batch.len());
         let mut start = 0;
         for (item, (ks, vs)) in batch.iter_mut().zip(new_kv) {
-            let n = if item.all_logits { item.tokens.len() } else { 1 };
+            let n = if item.all_logits {
+                item.tokens.len()
+            } else {
+                1
+            };
             out.push(logits.narrow(0, start, n)?);
             start += n;
             item.cache.append(item.tokens, ks, vs)?;

@@ -47,7 +47,9 @@ impl PrefixCache {
             .enumerate()
             .map(|(i, e)| (i, common_prefix_len(e.tokens(), prompt)))
             .max_by_key(|&(i, l)| (l, i));
-        let Some((i, lcp)) = best else { return Ok(None) };
+        let Some((i, lcp)) = best else {
+            return Ok(None);
+        };
         let keep = lcp.min(prompt.len().saturating_sub(1));
         if keep == 0 {
             return Ok(None);
@@ -64,7 +66,8 @@ impl PrefixCache {
             return;
         }
         // An entry that is a prefix of the new one adds nothing.
-        self.entries.retain(|e| common_prefix_len(e.tokens(), cache.tokens()) < e.len());
+        self.entries
+            .retain(|e| common_prefix_len(e.tokens(), cache.tokens()) < e.len());
         self.entries.push(cache);
         while self.entries.len() > self.limits.max_entries
             || self.entries.iter().map(SeqCache::len).sum::<usize>() > self.limits.max_tokens
@@ -104,7 +107,11 @@ impl Engine {
 
     /// Drops every cached prefix.
     pub fn clear_prefix_cache(&self) {
-        self.prefix_cache.lock().expect("prefix cache lock").entries.clear();
+        self.prefix_cache
+            .lock()
+            .expect("prefix cache lock")
+            .entries
+            .clear();
     }
 
     /// Runs the prompt, reusing the longest cached prefix, and remembers the result for
@@ -121,7 +128,11 @@ impl Engine {
                 prompt.len()
             )));
         }
-        let reused = self.prefix_cache.lock().expect("prefix cache lock").lookup(prompt)?;
+        let reused = self
+            .prefix_cache
+            .lock()
+            .expect("prefix cache lock")
+            .lookup(prompt)?;
         let mut cache = reused.unwrap_or_default();
         let reused_len = cache.len();
         let logits = {
@@ -132,7 +143,10 @@ impl Engine {
             }];
             self.model.forward(&mut batch)?.remove(0)
         };
-        self.prefix_cache.lock().expect("prefix cache lock").insert(cache.fork());
+        self.prefix_cache
+            .lock()
+            .expect("prefix cache lock")
+            .insert(cache.fork());
         Ok((Prefilled { cache, logits }, reused_len))
     }
 
@@ -158,7 +172,9 @@ impl Engine {
         on_text: Option<OnText<'_>>,
     ) -> Result<Generation> {
         if params.max_new_tokens == 0 {
-            return Err(Error::InvalidInput("max new tokens must be at least 1".into()));
+            return Err(Error::InvalidInput(
+                "max new tokens must be at least 1".into(),
+            ));
         }
         let t0 = Instant::now();
         let (prefilled, reused_tokens) = self.prefill(prompt)?;
@@ -174,8 +190,12 @@ impl Engine {
         };
         let t1 = Instant::now();
         let (completions, decode_steps) = match &params.beams {
-            Some(b) if b.num_beams > 1 => generate::generate_beam(self.model(), prompt, prefilled, params, b, detok)?,
-            _ => generate::generate_simple(self.model(), prompt, prefilled, params, detok, on_text)?,
+            Some(b) if b.num_beams > 1 => {
+                generate::generate_beam(self.model(), prompt, prefilled, params, b, detok)?
+            }
+            _ => {
+                generate::generate_simple(self.model(), prompt, prefilled, params, detok, on_text)?
+            }
         };
         Ok(Generation {
             completions,

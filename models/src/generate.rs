@@ -148,7 +148,10 @@ pub struct Prefilled {
 }
 
 fn cancelled(params: &GenerateParams) -> bool {
-    params.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    params
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Relaxed))
 }
 
 /// Decoded-text bookkeeping shared by all strategies: stop strings and the predicate.
@@ -164,7 +167,9 @@ impl TextCheck<'_> {
 
     /// The text of `tokens` and, if it should stop there, where to cut it.
     fn check(&self, tokens: &[u32]) -> Result<(String, Option<usize>)> {
-        let Some(detok) = self.detok else { return Ok((String::new(), None)) };
+        let Some(detok) = self.detok else {
+            return Ok((String::new(), None));
+        };
         let text = detok(tokens)?;
         let mut cut: Option<usize> = None;
         for s in &self.params.stop_strings {
@@ -211,7 +216,10 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 /// Logits of one row as a vector.
 fn row(logits: &Tensor, i: usize) -> Result<Vec<f32>> {
-    Ok(logits.get(i)?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+    Ok(logits
+        .get(i)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?)
 }
 
 /// Runs one decode step for several sequences in one batch; returns `[n, vocab]` logits.
@@ -269,11 +277,19 @@ pub fn generate_simple(
                     top_k,
                     top_p,
                     seed,
-                } => Some(Sampler::new(temperature, top_k, top_p, seed.wrapping_add(i as u64))),
+                } => Some(Sampler::new(
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed.wrapping_add(i as u64),
+                )),
             },
         })
         .collect();
-    let mut logits = prefilled.logits.broadcast_as((n, prefilled.logits.dim(1)?))?.contiguous()?;
+    let mut logits = prefilled
+        .logits
+        .broadcast_as((n, prefilled.logits.dim(1)?))?
+        .contiguous()?;
     let mut alive: Vec<usize> = (0..n).collect();
     let mut steps = 0;
     while !alive.is_empty() {
@@ -344,10 +360,10 @@ pub fn generate_simple(
     }
     let mut out = Vec::with_capacity(n);
     for (i, mut s) in seqs.into_iter().enumerate() {
-        if let Some(cb) = on_text.as_deref_mut() {
-            if s.text.len() > s.streamed {
-                cb(i, &s.text[s.streamed..]);
-            }
+        if let Some(cb) = on_text.as_deref_mut()
+            && s.text.len() > s.streamed
+        {
+            cb(i, &s.text[s.streamed..]);
         }
         if s.done == Some(FinishReason::Cancelled) && check.needs_text() {
             s.text = check.check(&s.tokens)?.0;
@@ -383,8 +399,11 @@ impl Hypotheses {
     fn add(&mut self, c: Completion) {
         if self.items.len() < self.capacity || c.score > self.worst() {
             self.items.push(c);
-            self.items
-                .sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+            self.items.sort_by(|a, b| {
+                b.score
+                    .partial_cmp(&a.score)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
             self.items.truncate(self.capacity);
         }
     }
@@ -469,7 +488,10 @@ pub fn generate_beam(
             let mut tokens = beams[bi].tokens.clone();
             tokens.push(tok);
             let (finish, text) = if params.eos_ids.contains(&tok) {
-                (Some(FinishReason::Eos), check.check(&tokens[..tokens.len() - 1])?.0)
+                (
+                    Some(FinishReason::Eos),
+                    check.check(&tokens[..tokens.len() - 1])?.0,
+                )
             } else {
                 let (mut text, cut) = check.check(&tokens)?;
                 match cut {

@@ -231,7 +231,7 @@ impl<'a> Cursor<'a> {
             .is_some_and(|bytes| bytes <= self.remaining());
         if !fits {
             return Err(self.err(format!(
-                "{what} declares {n} entries but only {} bytes are left in the file",
+                "{what} declares {n} entries but only {} bytes are left in the file (truncated or corrupt)",
                 self.remaining()
             )));
         }
@@ -241,7 +241,8 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.count(what, 1)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what} is not valid UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.err(format!("{what} is not valid UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<MetaValue> {
@@ -264,8 +265,9 @@ impl<'a> Cursor<'a> {
                     return Err(self.err(format!("metadata {key}: arrays nested too deeply")));
                 }
                 let elem_ty = self.u32(key)?;
-                let min = min_value_size(elem_ty)
-                    .ok_or_else(|| self.err(format!("metadata {key}: unknown value type {elem_ty}")))?;
+                let min = min_value_size(elem_ty).ok_or_else(|| {
+                    self.err(format!("metadata {key}: unknown value type {elem_ty}"))
+                })?;
                 let n = self.count(key, min)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -334,7 +336,12 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a.is_power_of_two() && (8..=1 << 20).contains(&a) => a,
-                _ => return Err(Error::format(path, format!("invalid general.alignment {v:?}"))),
+                _ => {
+                    return Err(Error::format(
+                        path,
+                        format!("invalid general.alignment {v:?}"),
+                    ));
+                }
             },
         };
 
@@ -369,7 +376,9 @@ impl GgufFile {
             let elems = dims
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| Error::format(path, format!("tensor {name}: element count overflows")))?;
+                .ok_or_else(|| {
+                    Error::format(path, format!("tensor {name}: element count overflows"))
+                })?;
             if dims[0] % dtype.block_size() != 0 {
                 return Err(Error::format(
                     path,
@@ -382,7 +391,9 @@ impl GgufFile {
             }
             let size = (elems / dtype.block_size())
                 .checked_mul(dtype.type_size())
-                .ok_or_else(|| Error::format(path, format!("tensor {name}: byte size overflows")))?;
+                .ok_or_else(|| {
+                    Error::format(path, format!("tensor {name}: byte size overflows"))
+                })?;
             if rel_offset % alignment != 0 {
                 return Err(Error::format(
                     path,
@@ -451,12 +462,17 @@ impl GgufFile {
     fn missing(&self, key: &str, want: &str) -> Error {
         match self.metadata.get(key) {
             None => Error::format(&self.path, format!("metadata {key} is missing")),
-            Some(v) => Error::format(&self.path, format!("metadata {key} is {v:?}, expected {want}")),
+            Some(v) => Error::format(
+                &self.path,
+                format!("metadata {key} is {v:?}, expected {want}"),
+            ),
         }
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str> {
-        self.get(key).and_then(MetaValue::as_str).ok_or_else(|| self.missing(key, "a string"))
+        self.get(key)
+            .and_then(MetaValue::as_str)
+            .ok_or_else(|| self.missing(key, "a string"))
     }
 
     pub fn get_usize(&self, key: &str) -> Result<usize> {
@@ -467,7 +483,9 @@ impl GgufFile {
     }
 
     pub fn get_f64(&self, key: &str) -> Result<f64> {
-        self.get(key).and_then(MetaValue::as_f64).ok_or_else(|| self.missing(key, "a number"))
+        self.get(key)
+            .and_then(MetaValue::as_f64)
+            .ok_or_else(|| self.missing(key, "a number"))
     }
 
     /// `general.architecture`: `llama`, `qwen2`, `starcoder2`, ...
@@ -497,7 +515,12 @@ impl GgufFile {
         // candle reinterprets the bytes as blocks; all ggml block types need at most
         // 4-byte alignment, which the (>= 8) GGUF data alignment guarantees.
         debug_assert_eq!(bytes.as_ptr() as usize % 4, 0);
-        Ok(qtensor_from_ggml(info.dtype, bytes, info.dims.clone(), device)?)
+        Ok(qtensor_from_ggml(
+            info.dtype,
+            bytes,
+            info.dims.clone(),
+            device,
+        )?)
     }
 
     /// A tensor dequantized to f32 on `device`.
@@ -508,9 +531,16 @@ impl GgufFile {
     /// The tokenizer described by the `tokenizer.ggml.*` metadata.
     pub fn vocab(&self) -> Result<GgufVocab> {
         let strings = |key: &str| -> Result<Vec<String>> {
-            let arr = self.get(key).and_then(MetaValue::as_array).ok_or_else(|| self.missing(key, "an array"))?;
+            let arr = self
+                .get(key)
+                .and_then(MetaValue::as_array)
+                .ok_or_else(|| self.missing(key, "an array"))?;
             arr.iter()
-                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| self.missing(key, "an array of strings")))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| self.missing(key, "an array of strings"))
+                })
                 .collect()
         };
         let opt_id = |key: &str| -> Result<Option<u32>> {
@@ -532,7 +562,9 @@ impl GgufFile {
                     .map(|t| {
                         t.as_i64()
                             .and_then(|t| i32::try_from(t).ok())
-                            .ok_or_else(|| self.missing("tokenizer.ggml.token_type", "an array of integers"))
+                            .ok_or_else(|| {
+                                self.missing("tokenizer.ggml.token_type", "an array of integers")
+                            })
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
@@ -544,16 +576,19 @@ impl GgufFile {
                     .ok_or_else(|| self.missing("tokenizer.ggml.scores", "an array"))?
                     .iter()
                     .map(|t| {
-                        t.as_f64()
-                            .map(|f| f as f32)
-                            .ok_or_else(|| self.missing("tokenizer.ggml.scores", "an array of numbers"))
+                        t.as_f64().map(|f| f as f32).ok_or_else(|| {
+                            self.missing("tokenizer.ggml.scores", "an array of numbers")
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
         };
         Ok(GgufVocab {
             model: self.get_str("tokenizer.ggml.model")?.to_owned(),
-            pre: self.get("tokenizer.ggml.pre").and_then(MetaValue::as_str).map(str::to_owned),
+            pre: self
+                .get("tokenizer.ggml.pre")
+                .and_then(MetaValue::as_str)
+                .map(str::to_owned),
             tokens: strings("tokenizer.ggml.tokens")?,
             token_types,
             scores,
@@ -567,8 +602,12 @@ impl GgufFile {
             eot_id: opt_id("tokenizer.ggml.eot_token_id")?,
             pad_id: opt_id("tokenizer.ggml.padding_token_id")?,
             unk_id: opt_id("tokenizer.ggml.unknown_token_id")?,
-            add_bos: self.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool),
-            add_space_prefix: self.get("tokenizer.ggml.add_space_prefix").and_then(MetaValue::as_bool),
+            add_bos: self
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(MetaValue::as_bool),
+            add_space_prefix: self
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(MetaValue::as_bool),
         })
     }
 }

@@ -93,7 +93,12 @@ impl SeqCache {
 
     /// The cached keys and values of `layer` followed by `new_k`/`new_v`, as contiguous
     /// `[kv_heads, cached + new, head_dim]` tensors, ready for attention.
-    pub fn gather_with(&self, layer: usize, new_k: &Tensor, new_v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn gather_with(
+        &self,
+        layer: usize,
+        new_k: &Tensor,
+        new_v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         if self.blocks.is_empty() {
             return Ok((new_k.contiguous()?, new_v.contiguous()?));
         }
@@ -130,7 +135,9 @@ impl SeqCache {
             } else {
                 let take = BLOCK_TOKENS.min(n - done);
                 let slice = |ts: &[Tensor]| -> Result<Vec<Tensor>> {
-                    ts.iter().map(|t| Ok(t.narrow(1, done, take)?.contiguous()?)).collect()
+                    ts.iter()
+                        .map(|t| Ok(t.narrow(1, done, take)?.contiguous()?))
+                        .collect()
                 };
                 self.blocks.push(Arc::new(Block {
                     keys: slice(&keys)?,
@@ -163,7 +170,6 @@ pub fn common_prefix_len(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,7 +181,10 @@ mod tests {
             .unwrap()
             .reshape((1, n, 1))
             .unwrap();
-        (vec![t.clone(), (t.clone() * 2.0).unwrap()], vec![(t * 3.0).unwrap(); 2])
+        (
+            vec![t.clone(), (t.clone() * 2.0).unwrap()],
+            vec![(t * 3.0).unwrap(); 2],
+        )
     }
 
     fn layer0(c: &SeqCache) -> Vec<f32> {

@@ -12,10 +12,10 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::decoder::{Block, Decoder, Heads, Mlp, Norm};
+use crate::gguf::GgufFile;
 use crate::layers::{Llama3RopeScaling, RmsNorm, Rotary};
 use crate::model::{BatchItem, CausalLm, ModelInfo};
 use crate::weights::{Linear, WeightStore};
-use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
 /// Hyper-parameters, with Hugging Face `config.json` field names.
@@ -65,7 +65,8 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     pub fn rope_theta(&self) -> f64 {
@@ -85,38 +86,54 @@ impl LlamaConfig {
         if s.is_null() {
             return Ok(None);
         }
-        let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("");
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         let num = |k: &str| s.get(k).and_then(|v| v.as_f64());
         match kind {
             "llama3" => Ok(Some(Llama3RopeScaling {
                 factor: num("factor").unwrap_or(8.0),
                 low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
                 high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
-                original_max_position_embeddings: num("original_max_position_embeddings").unwrap_or(8192.0)
-                    as usize,
+                original_max_position_embeddings: num("original_max_position_embeddings")
+                    .unwrap_or(8192.0) as usize,
             })),
             "default" | "" => Ok(None),
-            other => Err(Error::unsupported("config.json", format!("rope_scaling type {other}"))),
+            other => Err(Error::unsupported(
+                "config.json",
+                format!("rope_scaling type {other}"),
+            )),
         }
     }
 
     fn validate(&self, source: &std::path::Path) -> Result<()> {
         let bad = |msg: String| Err(Error::format(source, msg));
-        if self.num_attention_heads == 0 || self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.num_attention_heads == 0
+            || self.kv_heads() == 0
+            || !self.num_attention_heads.is_multiple_of(self.kv_heads())
+        {
             return bad(format!(
                 "{} attention heads cannot be grouped over {} key/value heads",
                 self.num_attention_heads,
                 self.kv_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
-            return bad(format!("head dimension {} must be even and positive", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
+            return bad(format!(
+                "head dimension {} must be even and positive",
+                self.head_dim()
+            ));
         }
         if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.hidden_size == 0 {
             return bad("config declares an empty model".into());
         }
         if self.max_position_embeddings > 1 << 20 {
-            return bad(format!("context of {} positions is implausible", self.max_position_embeddings));
+            return bad(format!(
+                "context of {} positions is implausible",
+                self.max_position_embeddings
+            ));
         }
         Ok(())
     }
@@ -129,11 +146,19 @@ impl LlamaConfig {
         let hidden = g.get_usize(&key("embedding_length"))?;
         let vocab = match g.tensor_info("token_embd.weight") {
             Some(info) if info.dims.len() == 2 => info.dims[0],
-            _ => return Err(Error::format(g.path(), "tensor token_embd.weight is missing or not 2-D")),
+            _ => {
+                return Err(Error::format(
+                    g.path(),
+                    "tensor token_embd.weight is missing or not 2-D",
+                ));
+            }
         };
         let head_dim = match g.get(&key("attention.key_length")) {
             Some(v) => v.as_u64().map(|v| v as usize),
-            None => g.get(&key("rope.dimension_count")).and_then(|v| v.as_u64()).map(|v| v as usize),
+            None => g
+                .get(&key("rope.dimension_count"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize),
         };
         Ok(LlamaConfig {
             model_type: arch.clone(),
@@ -208,7 +233,11 @@ impl Llama {
         let (embed_name, norm_name, head_name) = if gguf {
             ("token_embd.weight", "output_norm.weight", "output.weight")
         } else {
-            ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+            (
+                "model.embed_tokens.weight",
+                "model.norm.weight",
+                "lm_head.weight",
+            )
         };
         let embed = store.embedding(embed_name, cfg.vocab_size, h, device)?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
@@ -216,7 +245,10 @@ impl Llama {
             let [an, q, k, v, o, mn, gate, up, down] = names(gguf, layer);
             let lin = |name: &str, out, inp, b| Linear::load(store, name, out, inp, b, device);
             let norm = |name: &str| -> Result<Norm> {
-                Ok(Norm::Rms(RmsNorm::new(store.tensor(name, &[h], device)?, cfg.rms_norm_eps)))
+                Ok(Norm::Rms(RmsNorm::new(
+                    store.tensor(name, &[h], device)?,
+                    cfg.rms_norm_eps,
+                )))
             };
             blocks.push(Block {
                 attn_norm: norm(&an)?,
@@ -232,7 +264,10 @@ impl Llama {
                 },
             });
         }
-        let norm = Norm::Rms(RmsNorm::new(store.tensor(norm_name, &[h], device)?, cfg.rms_norm_eps));
+        let norm = Norm::Rms(RmsNorm::new(
+            store.tensor(norm_name, &[h], device)?,
+            cfg.rms_norm_eps,
+        ));
         let lm_head = if store.contains(head_name) {
             Linear::from_qmatmul(store.matrix(head_name, cfg.vocab_size, h, device)?, None)
         } else {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::Device;
 
 use crate::engine::Engine;
-use crate::generate::{Generation, GenerateParams, OnText};
+use crate::generate::{GenerateParams, Generation, OnText};
 use crate::gguf::GgufFile;
 use crate::llama::Llama;
 use crate::model::CausalLm;
@@ -34,7 +34,9 @@ pub fn tessera_home() -> PathBuf {
     if let Some(h) = std::env::var_os("TESSERA_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("tessera")
 }
 
@@ -75,12 +77,16 @@ fn looks_like_hub_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.')
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !p.starts_with('.')
         })
 }
 
 fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
 }
 
 fn hub_cache() -> hf_hub::Cache {
@@ -125,9 +131,11 @@ fn locate_hub(id: &str) -> Result<ModelLocation> {
         .map_err(|e| Error::ModelNotFound(format!("{id}: {e}")))?;
     let remote = api.model(id.to_owned());
     let get = |f: &str| {
-        remote
-            .get(f)
-            .map_err(|e| Error::ModelNotFound(format!("{id}: cannot fetch {f} from the Hugging Face hub: {e}")))
+        remote.get(f).map_err(|e| {
+            Error::ModelNotFound(format!(
+                "{id}: cannot fetch {f} from the Hugging Face hub: {e}"
+            ))
+        })
     };
     let config = get("config.json")?;
     get("tokenizer.json")?;
@@ -139,7 +147,11 @@ fn locate_hub(id: &str) -> Result<ModelLocation> {
             let shards: std::collections::BTreeSet<String> = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             for s in shards {
                 get(&s)?;
@@ -201,7 +213,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             }
             Ok(Device::new_cuda(ordinal)?)
         }
-        other => Err(Error::InvalidInput(format!("device {other}: expected cpu, cuda or cuda:N"))),
+        other => Err(Error::InvalidInput(format!(
+            "device {other}: expected cpu, cuda or cuda:N"
+        ))),
     }
 }
 
@@ -218,8 +232,12 @@ pub struct TextModel {
 pub fn load_checkpoint_model(dir: &Path, device: &Device) -> Result<Arc<dyn CausalLm>> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
-    let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    let model_type = json
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     Ok(match model_type {
         "llama" | "mistral" | "qwen2" => Arc::new(Llama::from_dir(dir, device)?),
         "starcoder2" => Arc::new(StarCoder2::from_dir(dir, device)?),
@@ -295,7 +313,12 @@ impl TextModel {
     }
 
     /// Generates from text. With no eos ids in `params`, the tokenizer's are used.
-    pub fn generate(&self, prompt: &str, params: &GenerateParams, on_text: Option<OnText<'_>>) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_text: Option<OnText<'_>>,
+    ) -> Result<Generation> {
         let ids = self.encode(prompt)?;
         let mut params = params.clone();
         if params.eos_ids.is_empty() {
@@ -303,6 +326,7 @@ impl TextModel {
         }
         let tok = self.tokenizer.clone();
         let detok = move |ids: &[u32]| tok.decode(ids, true);
-        self.engine.generate_tokens(&ids, &params, Some(&detok), on_text)
+        self.engine
+            .generate_tokens(&ids, &params, Some(&detok), on_text)
     }
 }

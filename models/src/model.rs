@@ -42,7 +42,9 @@ pub trait CausalLm: Send + Sync {
 pub(crate) fn check_batch(info: &ModelInfo, batch: &[BatchItem<'_>]) -> Result<()> {
     for item in batch {
         if item.tokens.is_empty() {
-            return Err(crate::Error::InvalidInput("a sequence in the batch has no new tokens".into()));
+            return Err(crate::Error::InvalidInput(
+                "a sequence in the batch has no new tokens".into(),
+            ));
         }
         let total = item.cache.len() + item.tokens.len();
         if total > info.max_context {

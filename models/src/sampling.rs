@@ -26,10 +26,10 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
     }
     let mut done = std::collections::HashSet::with_capacity(seen.len());
     for &t in seen {
-        if let Some(l) = logits.get_mut(t as usize) {
-            if done.insert(t) {
-                *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
-            }
+        if let Some(l) = logits.get_mut(t as usize)
+            && done.insert(t)
+        {
+            *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
         }
     }
 }
@@ -101,7 +101,10 @@ impl Sampler {
         let mut cands = top_k(logits, k);
         let t = self.temperature;
         let max = cands[0].1;
-        let mut probs: Vec<f64> = cands.iter().map(|&(_, l)| (((l - max) / t) as f64).exp()).collect();
+        let mut probs: Vec<f64> = cands
+            .iter()
+            .map(|&(_, l)| (((l - max) / t) as f64).exp())
+            .collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if let Some(p) = self.top_p.filter(|&p| p > 0.0 && p < 1.0) {

@@ -59,7 +59,11 @@ impl StarCoder2Config {
 
     fn validate(&self, source: &Path) -> Result<()> {
         let h = self.num_attention_heads;
-        if h == 0 || self.num_key_value_heads == 0 || h % self.num_key_value_heads != 0 || self.hidden_size % h != 0 {
+        if h == 0
+            || self.num_key_value_heads == 0
+            || !h.is_multiple_of(self.num_key_value_heads)
+            || !self.hidden_size.is_multiple_of(h)
+        {
             return Err(Error::format(
                 source,
                 format!(
@@ -69,10 +73,16 @@ impl StarCoder2Config {
             ));
         }
         if !self.head_dim().is_multiple_of(2) {
-            return Err(Error::format(source, format!("head dimension {} is odd", self.head_dim())));
+            return Err(Error::format(
+                source,
+                format!("head dimension {} is odd", self.head_dim()),
+            ));
         }
         if !self.hidden_act.starts_with("gelu") {
-            return Err(Error::unsupported(source.display().to_string(), format!("activation {}", self.hidden_act)));
+            return Err(Error::unsupported(
+                source.display().to_string(),
+                format!("activation {}", self.hidden_act),
+            ));
         }
         Ok(())
     }
@@ -82,7 +92,12 @@ impl StarCoder2Config {
         let key = |k: &str| format!("starcoder2.{k}");
         let vocab = match g.tensor_info("token_embd.weight") {
             Some(info) if info.dims.len() == 2 => info.dims[0],
-            _ => return Err(Error::format(g.path(), "tensor token_embd.weight is missing or not 2-D")),
+            _ => {
+                return Err(Error::format(
+                    g.path(),
+                    "tensor token_embd.weight is missing or not 2-D",
+                ));
+            }
         };
         let heads = g.get_usize(&key("attention.head_count"))?;
         Ok(StarCoder2Config {
@@ -96,7 +111,10 @@ impl StarCoder2Config {
                 None => heads,
             },
             norm_epsilon: g.get_f64(&key("attention.layer_norm_epsilon"))?,
-            rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            rope_theta: g
+                .get(&key("rope.freq_base"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10_000.0),
             max_position_embeddings: g.get_usize(&key("context_length"))?,
             use_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
@@ -127,12 +145,20 @@ impl StarCoder2 {
             )))
         };
         let lin = |name: &str, out, inp| Linear::load(store, name, out, inp, bias, device);
-        let embed_name = if gguf { "token_embd.weight" } else { "model.embed_tokens.weight" };
+        let embed_name = if gguf {
+            "token_embd.weight"
+        } else {
+            "model.embed_tokens.weight"
+        };
         let embed = store.embedding(embed_name, cfg.vocab_size, h, device)?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let n = |hf: &str, gg: &str| {
-                if gguf { format!("blk.{i}.{gg}") } else { format!("model.layers.{i}.{hf}") }
+                if gguf {
+                    format!("blk.{i}.{gg}")
+                } else {
+                    format!("model.layers.{i}.{hf}")
+                }
             };
             blocks.push(Block {
                 attn_norm: norm(&n("input_layernorm", "attn_norm"))?,
@@ -148,13 +174,25 @@ impl StarCoder2 {
             });
         }
         let final_norm = norm(if gguf { "output_norm" } else { "model.norm" })?;
-        let head_name = if gguf { "output.weight" } else { "lm_head.weight" };
+        let head_name = if gguf {
+            "output.weight"
+        } else {
+            "lm_head.weight"
+        };
         let lm_head = if store.contains(head_name) {
             Linear::from_qmatmul(store.matrix(head_name, cfg.vocab_size, h, device)?, None)
         } else {
             embed.as_linear()?
         };
-        let rotary = Rotary::new(hd, cfg.rope_theta, cfg.max_position_embeddings, None, None, false, device)?;
+        let rotary = Rotary::new(
+            hd,
+            cfg.rope_theta,
+            cfg.max_position_embeddings,
+            None,
+            None,
+            false,
+            device,
+        )?;
         let max_context = match cfg.sliding_window {
             // Positions beyond the window would need sliding-window masking; refuse them
             // rather than silently attending too far.
@@ -189,7 +227,8 @@ impl StarCoder2 {
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let cfg: StarCoder2Config = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+        let cfg: StarCoder2Config =
+            serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
         Self::load(cfg, &WeightStore::open_safetensors_dir(dir)?, device)
     }
 

@@ -112,6 +112,7 @@ pub struct GgufVocab {
 }
 
 /// A tokenizer with the special-token facts generation needs.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos_id: Option<u32>,

@@ -50,7 +50,9 @@ impl WeightStore {
                 let file = file
                     .as_str()
                     .filter(|f| !f.contains("..") && !f.starts_with('/'))
-                    .ok_or_else(|| Error::format(&index, format!("tensor {name}: bad shard name")))?;
+                    .ok_or_else(|| {
+                        Error::format(&index, format!("tensor {name}: bad shard name"))
+                    })?;
                 shards.insert(file.to_owned());
             }
             shards.into_iter().map(|f| dir.join(f)).collect()
@@ -64,7 +66,10 @@ impl WeightStore {
         };
         for f in &files {
             if !f.exists() {
-                return Err(Error::format(&index, format!("shard {} is missing", f.display())));
+                return Err(Error::format(
+                    &index,
+                    format!("shard {} is missing", f.display()),
+                ));
             }
         }
         // SAFETY: read-only maps of checkpoint files that are not modified while loaded.
@@ -89,11 +94,9 @@ impl WeightStore {
     pub fn total_bytes(&self) -> usize {
         match self {
             WeightStore::Gguf(g) => g.tensor_infos().iter().map(|t| t.size).sum(),
-            WeightStore::Safetensors { files, .. } => files
-                .tensors()
-                .iter()
-                .map(|(_, v)| v.data().len())
-                .sum(),
+            WeightStore::Safetensors { files, .. } => {
+                files.tensors().iter().map(|(_, v)| v.data().len()).sum()
+            }
         }
     }
 
@@ -151,12 +154,20 @@ impl WeightStore {
                 self.check_shape(name, &info.dims, &[out, inp])?;
                 Ok(QMatMul::from_arc(Arc::new(g.qtensor(name, device)?))?)
             }
-            WeightStore::Safetensors { .. } => Ok(QMatMul::Tensor(self.tensor(name, &[out, inp], device)?)),
+            WeightStore::Safetensors { .. } => {
+                Ok(QMatMul::Tensor(self.tensor(name, &[out, inp], device)?))
+            }
         }
     }
 
     /// An embedding table `[vocab, dim]`.
-    pub fn embedding(&self, name: &str, vocab: usize, dim: usize, device: &Device) -> Result<Embedding> {
+    pub fn embedding(
+        &self,
+        name: &str,
+        vocab: usize,
+        dim: usize,
+        device: &Device,
+    ) -> Result<Embedding> {
         match self {
             WeightStore::Gguf(g) if device.is_cpu() => {
                 let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
@@ -167,7 +178,11 @@ impl WeightStore {
                     dim,
                 })
             }
-            _ => Ok(Embedding::Dense(self.tensor(name, &[vocab, dim], device)?)),
+            _ => Ok(Embedding::Dense(self.tensor(
+                name,
+                &[vocab, dim],
+                device,
+            )?)),
         }
     }
 }
@@ -183,7 +198,14 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(store: &WeightStore, name: &str, out: usize, inp: usize, bias: bool, device: &Device) -> Result<Self> {
+    pub fn load(
+        store: &WeightStore,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        device: &Device,
+    ) -> Result<Self> {
         let weight = store.matrix(&format!("{name}.weight"), out, inp, device)?;
         let bias = if bias {
             Some(store.tensor(&format!("{name}.bias"), &[out], device)?)
@@ -275,7 +297,9 @@ impl Embedding {
     pub fn as_linear(&self) -> Result<Linear> {
         Ok(match self {
             Embedding::Dense(t) => Linear::from_qmatmul(QMatMul::Tensor(t.clone()), None),
-            Embedding::Quantized { table, .. } => Linear::from_qmatmul(QMatMul::from_arc(table.clone())?, None),
+            Embedding::Quantized { table, .. } => {
+                Linear::from_qmatmul(QMatMul::from_arc(table.clone())?, None)
+            }
         })
     }
 }

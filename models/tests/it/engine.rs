@@ -39,7 +39,10 @@ fn logits_with_kv_cache_equal_logits_without() {
         }
         let warm = Tensor::cat(&rows, 0).unwrap();
         let diff = max_abs_diff(&cold, &warm);
-        assert!(diff <= TOL, "{name}: cached vs uncached logits differ by {diff}");
+        assert!(
+            diff <= TOL,
+            "{name}: cached vs uncached logits differ by {diff}"
+        );
         assert_eq!(cache.tokens(), &ids[..]);
     }
 }
@@ -54,22 +57,44 @@ fn batched_sequences_equal_sequences_run_one_by_one() {
         let mut ca = SeqCache::new();
         let mut cb = SeqCache::new();
         model
-            .forward(&mut [BatchItem { tokens: &a[..4], cache: &mut ca, all_logits: false }])
+            .forward(&mut [BatchItem {
+                tokens: &a[..4],
+                cache: &mut ca,
+                all_logits: false,
+            }])
             .unwrap();
         model
-            .forward(&mut [BatchItem { tokens: &b[..7], cache: &mut cb, all_logits: false }])
+            .forward(&mut [BatchItem {
+                tokens: &b[..7],
+                cache: &mut cb,
+                all_logits: false,
+            }])
             .unwrap();
         let out = model
             .forward(&mut [
-                BatchItem { tokens: &a[4..], cache: &mut ca, all_logits: true },
-                BatchItem { tokens: &b[7..], cache: &mut cb, all_logits: true },
+                BatchItem {
+                    tokens: &a[4..],
+                    cache: &mut ca,
+                    all_logits: true,
+                },
+                BatchItem {
+                    tokens: &b[7..],
+                    cache: &mut cb,
+                    all_logits: true,
+                },
             ])
             .unwrap();
         let e = Engine::new(model.clone());
         let full_a = e.logits(a).unwrap().narrow(0, 4, a.len() - 4).unwrap();
         let full_b = e.logits(b).unwrap().narrow(0, 7, b.len() - 7).unwrap();
-        assert!(max_abs_diff(&out[0], &full_a) <= TOL, "{name}: first sequence");
-        assert!(max_abs_diff(&out[1], &full_b) <= TOL, "{name}: second sequence");
+        assert!(
+            max_abs_diff(&out[0], &full_a) <= TOL,
+            "{name}: first sequence"
+        );
+        assert!(
+            max_abs_diff(&out[1], &full_b) <= TOL,
+            "{name}: second sequence"
+        );
     }
 }
 
@@ -90,9 +115,14 @@ fn beam(n: usize, ret: usize, max: usize) -> GenerateParams {
 fn one_beam_equals_greedy() {
     for name in MODELS {
         let e = engine(name);
-        let greedy = GenerateParams { max_new_tokens: 10, ..Default::default() };
+        let greedy = GenerateParams {
+            max_new_tokens: 10,
+            ..Default::default()
+        };
         let g = e.generate_tokens(&prompt(), &greedy, None, None).unwrap();
-        let b = e.generate_tokens(&prompt(), &beam(1, 1, 10), None, None).unwrap();
+        let b = e
+            .generate_tokens(&prompt(), &beam(1, 1, 10), None, None)
+            .unwrap();
         assert_eq!(g.completions[0].tokens, b.completions[0].tokens, "{name}");
     }
 }
@@ -101,15 +131,28 @@ fn one_beam_equals_greedy() {
 fn beams_come_sorted_and_beat_greedy() {
     for name in MODELS {
         let e = engine(name);
-        let greedy = GenerateParams { max_new_tokens: 8, ..Default::default() };
+        let greedy = GenerateParams {
+            max_new_tokens: 8,
+            ..Default::default()
+        };
         let g = e.generate_tokens(&prompt(), &greedy, None, None).unwrap();
         let greedy_score = g.completions[0].score / 8.0; // same length penalty (1.0)
-        let b = e.generate_tokens(&prompt(), &beam(4, 4, 8), None, None).unwrap();
+        let b = e
+            .generate_tokens(&prompt(), &beam(4, 4, 8), None, None)
+            .unwrap();
         assert_eq!(b.completions.len(), 4);
         let scores: Vec<f32> = b.completions.iter().map(|c| c.score).collect();
-        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{name}: not sorted: {scores:?}");
-        assert!(scores[0] >= greedy_score - 1e-5, "{name}: best beam {} < greedy {greedy_score}", scores[0]);
-        let distinct: std::collections::HashSet<_> = b.completions.iter().map(|c| c.tokens.clone()).collect();
+        assert!(
+            scores.windows(2).all(|w| w[0] >= w[1]),
+            "{name}: not sorted: {scores:?}"
+        );
+        assert!(
+            scores[0] >= greedy_score - 1e-5,
+            "{name}: best beam {} < greedy {greedy_score}",
+            scores[0]
+        );
+        let distinct: std::collections::HashSet<_> =
+            b.completions.iter().map(|c| c.tokens.clone()).collect();
         assert_eq!(distinct.len(), 4, "{name}: returned beams must differ");
     }
 }
@@ -119,7 +162,12 @@ fn seeded_sampling_is_reproducible() {
     let e = engine("qwen2");
     let params = |seed| GenerateParams {
         max_new_tokens: 12,
-        sampling: Sampling::Sample { temperature: 1.0, top_k: Some(50), top_p: Some(0.95), seed },
+        sampling: Sampling::Sample {
+            temperature: 1.0,
+            top_k: Some(50),
+            top_p: Some(0.95),
+            seed,
+        },
         num_samples: 3,
         ..Default::default()
     };
@@ -163,7 +211,13 @@ fn prefix_reuse_gives_the_same_logits_as_a_cold_prefill() {
 #[test]
 fn prefix_cache_is_bounded() {
     let model = load_fixture_llama("qwen2");
-    let e = Engine::with_limits(model, PrefixCacheLimits { max_entries: 2, max_tokens: 1000 });
+    let e = Engine::with_limits(
+        model,
+        PrefixCacheLimits {
+            max_entries: 2,
+            max_tokens: 1000,
+        },
+    );
     let p = |x: u32| vec![x, 1, 2, 3, 4];
     for x in 10..13 {
         e.prefill(&p(x)).unwrap();
@@ -209,13 +263,20 @@ fn cancellation_stops_within_a_step() {
         let e = Engine::new(model.clone());
         let mut params = match beams {
             Some(n) => beam(n, 1, 100),
-            None => GenerateParams { max_new_tokens: 100, ..Default::default() },
+            None => GenerateParams {
+                max_new_tokens: 100,
+                ..Default::default()
+            },
         };
         params.cancel = Some(flag);
         let g = e.generate_tokens(&prompt(), &params, None, None).unwrap();
         let c = &g.completions[0];
         assert_eq!(c.finish_reason, FinishReason::Cancelled, "beams {beams:?}");
-        assert_eq!(model.calls.load(Ordering::SeqCst), 4, "no forward after the flag");
+        assert_eq!(
+            model.calls.load(Ordering::SeqCst),
+            4,
+            "no forward after the flag"
+        );
         // Prefill + 3 steps chose 3 tokens; the logits of the 4th forward are dropped.
         assert_eq!(c.tokens.len(), 3, "returns what it had");
     }
@@ -230,7 +291,9 @@ fn eos_stops_and_is_reported() {
         eos_ids: vec![exp.greedy[3]],
         ..Default::default()
     };
-    let g = e.generate_tokens(&exp.input_ids[0], &params, None, None).unwrap();
+    let g = e
+        .generate_tokens(&exp.input_ids[0], &params, None, None)
+        .unwrap();
     assert_eq!(g.completions[0].finish_reason, FinishReason::Eos);
     assert_eq!(g.completions[0].tokens, exp.greedy[..4]);
 }
@@ -239,13 +302,25 @@ fn eos_stops_and_is_reported() {
 fn bad_requests_are_errors_not_panics() {
     let e = engine("qwen2");
     let p = GenerateParams::default();
-    let err = e.generate_tokens(&[], &p, None, None).unwrap_err().to_string();
+    let err = e
+        .generate_tokens(&[], &p, None, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("empty"), "{err}");
     let long = vec![1u32; 600];
-    let err = e.generate_tokens(&long, &p, None, None).unwrap_err().to_string();
+    let err = e
+        .generate_tokens(&long, &p, None, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("context"), "{err}");
-    let err = e.generate_tokens(&[1, 9999], &p, None, None).unwrap_err().to_string();
+    let err = e
+        .generate_tokens(&[1, 9999], &p, None, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("9999"), "{err}");
-    let err = e.generate_tokens(&[1, 2], &beam(2, 3, 4), None, None).unwrap_err().to_string();
+    let err = e
+        .generate_tokens(&[1, 2], &beam(2, 3, 4), None, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("num_return_sequences"), "{err}");
 }

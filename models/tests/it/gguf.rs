@@ -31,7 +31,8 @@ fn permute(w: &Tensor, heads: usize) -> Tensor {
 /// Converts a fixture checkpoint to GGUF the way llama.cpp names and lays out tensors.
 fn convert(name: &str, arch: &str, out: &Path) {
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap())
+            .unwrap();
     let n = |k: &str| cfg[k].as_u64().unwrap() as u32;
     let heads = n("num_attention_heads") as usize;
     let kv_heads = n("num_key_value_heads") as usize;
@@ -39,7 +40,10 @@ fn convert(name: &str, arch: &str, out: &Path) {
     let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && !p.ends_with("expected.safetensors"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "safetensors")
+                && !p.ends_with("expected.safetensors")
+        })
         .collect();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for f in files {
@@ -81,18 +85,42 @@ fn convert(name: &str, arch: &str, out: &Path) {
     let theta = cfg["rope_theta"].as_f64().unwrap_or(10_000.0) as f32;
     let hidden = n("hidden_size");
     let md: Vec<(String, gguf_file::Value)> = vec![
-        ("general.architecture".into(), gguf_file::Value::String(arch.into())),
-        (format!("{arch}.embedding_length"), gguf_file::Value::U32(hidden)),
-        (format!("{arch}.feed_forward_length"), gguf_file::Value::U32(n("intermediate_size"))),
-        (format!("{arch}.block_count"), gguf_file::Value::U32(n("num_hidden_layers"))),
-        (format!("{arch}.attention.head_count"), gguf_file::Value::U32(heads as u32)),
-        (format!("{arch}.attention.head_count_kv"), gguf_file::Value::U32(kv_heads as u32)),
-        (format!("{arch}.context_length"), gguf_file::Value::U32(n("max_position_embeddings"))),
+        (
+            "general.architecture".into(),
+            gguf_file::Value::String(arch.into()),
+        ),
+        (
+            format!("{arch}.embedding_length"),
+            gguf_file::Value::U32(hidden),
+        ),
+        (
+            format!("{arch}.feed_forward_length"),
+            gguf_file::Value::U32(n("intermediate_size")),
+        ),
+        (
+            format!("{arch}.block_count"),
+            gguf_file::Value::U32(n("num_hidden_layers")),
+        ),
+        (
+            format!("{arch}.attention.head_count"),
+            gguf_file::Value::U32(heads as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            gguf_file::Value::U32(kv_heads as u32),
+        ),
+        (
+            format!("{arch}.context_length"),
+            gguf_file::Value::U32(n("max_position_embeddings")),
+        ),
         (
             format!("{arch}.attention.layer_norm_rms_epsilon"),
             gguf_file::Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
         ),
-        (format!("{arch}.rope.freq_base"), gguf_file::Value::F32(theta)),
+        (
+            format!("{arch}.rope.freq_base"),
+            gguf_file::Value::F32(theta),
+        ),
     ];
     let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -108,8 +136,14 @@ fn gguf_logits_match(name: &str, arch: &str) {
     let from_gguf = Engine::new(std::sync::Arc::new(model));
     let from_st = engine(name);
     for ids in expected(name).input_ids {
-        let diff = max_abs_diff(&from_gguf.logits(&ids).unwrap(), &from_st.logits(&ids).unwrap());
-        assert!(diff <= 1e-4, "{name} as {arch} GGUF: logits differ by {diff}");
+        let diff = max_abs_diff(
+            &from_gguf.logits(&ids).unwrap(),
+            &from_st.logits(&ids).unwrap(),
+        );
+        assert!(
+            diff <= 1e-4,
+            "{name} as {arch} GGUF: logits differ by {diff}"
+        );
     }
 }
 
@@ -155,10 +189,15 @@ impl Builder {
     }
     /// A 2-D tensor info.
     fn tensor(&mut self, name: &str, dims: [u64; 2], ty: u32, offset: u64) -> &mut Self {
-        self.str(name).u32(2).u64(dims[0]).u64(dims[1]).u32(ty).u64(offset)
+        self.str(name)
+            .u32(2)
+            .u64(dims[0])
+            .u64(dims[1])
+            .u32(ty)
+            .u64(offset)
     }
     fn pad_and_data(&mut self, data: usize) -> &mut Self {
-        while self.bytes.len() % 32 != 0 {
+        while !self.bytes.len().is_multiple_of(32) {
             self.bytes.push(0);
         }
         self.bytes.extend(std::iter::repeat_n(0u8, data));
@@ -166,7 +205,10 @@ impl Builder {
     }
     fn write(&self, dir: &Path) -> std::path::PathBuf {
         let p = dir.join("hostile.gguf");
-        std::fs::File::create(&p).unwrap().write_all(&self.bytes).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&self.bytes)
+            .unwrap();
         p
     }
 }
@@ -174,8 +216,13 @@ impl Builder {
 fn open_err(b: &Builder) -> String {
     let dir = tempfile::tempdir().unwrap();
     let p = b.write(dir.path());
-    let err = GgufFile::open(&p).expect_err("hostile file must be rejected").to_string();
-    assert!(err.contains("hostile.gguf"), "error must name the file: {err}");
+    let err = GgufFile::open(&p)
+        .expect_err("hostile file must be rejected")
+        .to_string();
+    assert!(
+        err.contains("hostile.gguf"),
+        "error must name the file: {err}"
+    );
     err
 }
 
@@ -219,9 +266,14 @@ fn hostile_gguf_headers_are_rejected_before_allocating() {
 fn tensors_that_overrun_the_file_are_rejected() {
     // Declares 64 x 64 f32 (16 KiB) but holds 1 KiB of data.
     let mut b = Builder::header(3, 1, 1);
-    b.kv_str("general.architecture", "llama").tensor("token_embd.weight", [64, 64], 0, 0).pad_and_data(1024);
+    b.kv_str("general.architecture", "llama")
+        .tensor("token_embd.weight", [64, 64], 0, 0)
+        .pad_and_data(1024);
     let err = open_err(&b);
-    assert!(err.contains("tensor token_embd.weight declares 16.0 KiB"), "{err}");
+    assert!(
+        err.contains("tensor token_embd.weight declares 16.0 KiB"),
+        "{err}"
+    );
     assert!(err.contains("1.0 KiB left"), "{err}");
 
     // An offset far past the end.
@@ -238,7 +290,8 @@ fn tensors_that_overrun_the_file_are_rejected() {
 #[test]
 fn unknown_quantization_types_are_named() {
     let mut b = Builder::header(3, 1, 0);
-    b.tensor("blk.0.attn_q.weight", [256, 1], 16, 0).pad_and_data(1024);
+    b.tensor("blk.0.attn_q.weight", [256, 1], 16, 0)
+        .pad_and_data(1024);
     let err = open_err(&b);
     assert!(err.contains("quantization type 16 (IQ2_XXS)"), "{err}");
     assert!(err.contains("blk.0.attn_q.weight"), "{err}");
@@ -248,11 +301,25 @@ fn unknown_quantization_types_are_named() {
 fn unknown_architecture_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Builder::header(3, 0, 4);
-    b.kv_str("general.architecture", "mamba").kv_str("tokenizer.ggml.model", "gpt2");
-    b.str("tokenizer.ggml.tokens").u32(9).u32(8).u64(3).str("a").str("b").str("ab");
-    b.str("tokenizer.ggml.merges").u32(9).u32(8).u64(1).str("a b");
+    b.kv_str("general.architecture", "mamba")
+        .kv_str("tokenizer.ggml.model", "gpt2");
+    b.str("tokenizer.ggml.tokens")
+        .u32(9)
+        .u32(8)
+        .u64(3)
+        .str("a")
+        .str("b")
+        .str("ab");
+    b.str("tokenizer.ggml.merges")
+        .u32(9)
+        .u32(8)
+        .u64(1)
+        .str("a b");
     let p = b.write(dir.path());
-    let err = TextModel::load(p.to_str().unwrap(), &Device::Cpu).err().expect("must fail").to_string();
+    let err = TextModel::load(p.to_str().unwrap(), &Device::Cpu)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("architecture \"mamba\""), "{err}");
 }
 
@@ -263,19 +330,38 @@ fn a_config_that_disagrees_with_the_weights_names_the_tensor() {
         std::fs::copy(fixture("qwen2").join(f), dir.path().join(f)).unwrap();
     }
     let cfg_path = dir.path().join("config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let err = Llama::from_dir(dir.path(), &Device::Cpu).err().expect("must fail").to_string();
-    assert!(err.contains("model.layers.0.mlp.gate_proj.weight has shape [96, 48]"), "{err}");
+    let err = Llama::from_dir(dir.path(), &Device::Cpu)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        err.contains("model.layers.0.mlp.gate_proj.weight has shape [96, 48]"),
+        "{err}"
+    );
     assert!(err.contains("[100, 48]"), "{err}");
 }
 
 #[test]
 fn truncated_safetensors_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("qwen2").join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("qwen2").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let full = std::fs::read(fixture("qwen2").join("model.safetensors")).unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), &full[..full.len() / 2]).unwrap();
-    let err = Llama::from_dir(dir.path(), &Device::Cpu).err().expect("must fail").to_string();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &full[..full.len() / 2],
+    )
+    .unwrap();
+    let err = Llama::from_dir(dir.path(), &Device::Cpu)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("invalid safetensors"), "{err}");
 }

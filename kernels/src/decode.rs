@@ -1,0 +1,171 @@
+//! Decoding one weight row from its ggml blocks into the interleaved layout: unsigned
+//! bytes (the quantized values, plus the mode's offset) and per-lane scales and minimums.
+//!
+//! This is the portable decoder, used by the scalar path and as the reference for the SIMD
+//! decoders. Block layouts and value orders follow ggml's `dequantize_row_*` (candle's
+//! `to_float`).
+
+use half::f16;
+
+use crate::layout::{LANES, Layout};
+use crate::{Mode, QuantType};
+
+/// Scratch holding one decoded weight row, reused for every row of a task.
+pub(crate) struct DecodedRow {
+    /// Interleaved weight bytes; `|w|` in signed mode.
+    pub q: Vec<u8>,
+    /// Signed mode only: the signed weights, whose signs go onto the activations.
+    pub sign: Vec<i8>,
+    /// Per-lane scale: the block scale, times the sub-block scale for K-quants.
+    pub scale: Vec<f32>,
+    /// Formats with a minimum only: the per-lane additive term (Q4_1 `m`, Q4_K `-dmin * m`).
+    pub min: Vec<f32>,
+    /// Natural-order staging for the portable decoder.
+    natural: Vec<u8>,
+}
+
+impl DecodedRow {
+    pub fn new(ty: QuantType, layout: &Layout, mode: Mode) -> DecodedRow {
+        DecodedRow {
+            q: vec![0; layout.bytes()],
+            sign: if mode.signed {
+                vec![0; layout.bytes()]
+            } else {
+                Vec::new()
+            },
+            scale: vec![0.0; layout.lanes()],
+            min: if ty.has_min() {
+                vec![0.0; layout.lanes()]
+            } else {
+                Vec::new()
+            },
+            natural: Vec::new(),
+        }
+    }
+}
+
+pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+}
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and minimum of Q4_K sub-block `j`.
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Decodes `row` (the GGUF bytes of one weight row) into `out`.
+pub(crate) fn decode_row(
+    ty: QuantType,
+    layout: &Layout,
+    mode: Mode,
+    row: &[u8],
+    out: &mut DecodedRow,
+) {
+    let mut natural = std::mem::take(&mut out.natural);
+    natural.clear();
+    natural.resize(layout.bytes(), 0);
+    let (bs, bb) = (ty.block_size(), ty.block_bytes());
+    let blocks = row.len() / bb;
+    // Lane `l` of the row covers natural values `l * 32..` in wide groups; the legacy tail
+    // group (narrow) splits each block over two lanes.
+    let lane_of_value = |v: usize| {
+        let wide_values = layout.wide * LANES * 32;
+        if v < wide_values {
+            v / 32
+        } else {
+            layout.wide * LANES + (v - wide_values) / 16
+        }
+    };
+    let mut signed = vec![0i8; if mode.signed { layout.bytes() } else { 0 }];
+    for b in 0..blocks {
+        let blk = &row[b * bb..(b + 1) * bb];
+        let vals = &mut natural[b * bs..(b + 1) * bs];
+        match ty {
+            QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q8_0 => {
+                let d = f16_at(blk, 0);
+                match ty {
+                    QuantType::Q4_0 => nibbles(&blk[2..18], vals),
+                    QuantType::Q4_1 => nibbles(&blk[4..20], vals),
+                    QuantType::Q5_0 => {
+                        nibbles(&blk[6..22], vals);
+                        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                        for (j, v) in vals.iter_mut().enumerate() {
+                            *v |= (((qh >> j) & 1) << 4) as u8;
+                        }
+                    }
+                    _ => {
+                        for (j, v) in vals.iter_mut().enumerate() {
+                            let w = blk[2 + j] as i8;
+                            if mode.signed {
+                                signed[b * bs + j] = w;
+                                *v = w.unsigned_abs();
+                            } else {
+                                *v = (w as i32 + mode.offset) as u8;
+                            }
+                        }
+                    }
+                }
+                let (first, last) = (lane_of_value(b * bs), lane_of_value(b * bs + bs - 1));
+                for lane in first..=last {
+                    out.scale[lane] = d;
+                    if ty == QuantType::Q4_1 {
+                        out.min[lane] = f16_at(blk, 2);
+                    }
+                }
+            }
+            QuantType::Q4K => {
+                let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                let (scales, qs) = (&blk[4..16], &blk[16..144]);
+                for j in 0..4 {
+                    let q = &qs[32 * j..32 * j + 32];
+                    for l in 0..32 {
+                        vals[64 * j + l] = q[l] & 0xF;
+                        vals[64 * j + 32 + l] = q[l] >> 4;
+                    }
+                }
+                for sub in 0..8 {
+                    let (sc, m) = scale_min_k4(sub, scales);
+                    out.scale[b * 8 + sub] = d * sc as f32;
+                    out.min[b * 8 + sub] = -dmin * m as f32;
+                }
+            }
+            QuantType::Q6K => {
+                let (ql, qh, scales) = (&blk[..128], &blk[128..192], &blk[192..208]);
+                let d = f16_at(blk, 208);
+                for half in 0..2 {
+                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                    let vals = &mut vals[128 * half..];
+                    for l in 0..32 {
+                        vals[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                        vals[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                        vals[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                        vals[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    }
+                }
+                for sub in 0..16 {
+                    out.scale[b * 16 + sub] = d * scales[sub] as i8 as f32;
+                }
+            }
+        }
+    }
+    layout.interleave(&natural, &mut out.q);
+    if mode.signed {
+        layout.interleave(&signed, &mut out.sign);
+    }
+    out.natural = natural;
+}
+
+/// ggml's nibble order: low nibbles are values 0..16, high nibbles values 16..32.
+fn nibbles(qs: &[u8], vals: &mut [u8]) {
+    for (j, &q) in qs.iter().enumerate() {
+        vals[j] = q & 0xF;
+        vals[j + 16] = q >> 4;
+    }
+}

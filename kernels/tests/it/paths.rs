@@ -1,0 +1,47 @@
+//! The portable path and the SIMD paths compute the same integers and the same fused
+//! multiply-adds in the same order: their results must be identical.
+
+use tessera_kernels::{Isa, QuantType, quantized_matmul_with};
+
+use crate::common::{Weight, random_values};
+
+#[test]
+fn simd_paths_equal_the_portable_path_bit_for_bit() {
+    let simd: Vec<Isa> = [Isa::Avx2, Isa::Avx512Vnni]
+        .into_iter()
+        .filter(|isa| isa.is_available())
+        .collect();
+    for ty in QuantType::ALL {
+        let ks: &[usize] = match ty {
+            QuantType::Q4K | QuantType::Q6K => &[256, 1024],
+            // Every tail shape: 1 to 8 blocks after whole groups.
+            _ => &[32, 64, 96, 128, 160, 192, 224, 256, 288, 896],
+        };
+        for (i, &k) in ks.iter().enumerate() {
+            let n = 21 + 2 * i;
+            let w = Weight::random(ty, n, k, 40 + i as u64);
+            for rows in [1, 3, 16] {
+                let x = random_values(rows * k, 90 + rows as u64);
+                let run = |isa| {
+                    let mut y = vec![f32::NAN; rows * n];
+                    quantized_matmul_with(isa, ty, &w.bytes, n, k, &x, rows, &mut y).unwrap();
+                    y
+                };
+                let scalar = run(Isa::Scalar);
+                for &isa in &simd {
+                    let got = run(isa);
+                    let same = got.iter().zip(&scalar).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{ty:?} k={k} rows={rows} {isa:?}: {got:?} != {scalar:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn this_x86_machine_runs_simd() {
+    // CI and development machines have AVX2; the SIMD path must not silently go missing.
+    if cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx2") {
+        assert_ne!(Isa::best(), Isa::Scalar);
+    }
+}
