@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use crate::generate::{self, Detokenize, GenerateParams, Generation, OnText, Prefilled, ms_since};
+use crate::generate::{self, Completion, Detokenize, GenerateParams, Generation, OnText, Prefilled, Start, ms_since};
 use crate::kv_cache::{SeqCache, common_prefix_len};
 use crate::model::{BatchItem, CausalLm};
 use crate::{Error, Result};
@@ -118,36 +118,50 @@ impl Engine {
     /// later requests. Returns the cache, the last token's logits and how many prompt
     /// tokens were reused.
     pub fn prefill(&self, prompt: &[u32]) -> Result<(Prefilled, usize)> {
-        if prompt.is_empty() {
-            return Err(Error::InvalidInput("the prompt is empty".into()));
-        }
+        Ok(self.prefill_many(&[prompt])?.remove(0))
+    }
+
+    /// [`Engine::prefill`] for several prompts in one packed batch.
+    pub fn prefill_many(&self, prompts: &[&[u32]]) -> Result<Vec<(Prefilled, usize)>> {
         let max = self.model.info().max_context;
-        if prompt.len() >= max {
-            return Err(Error::InvalidInput(format!(
-                "the prompt has {} tokens but the model's context is {max} tokens (room is needed to generate)",
-                prompt.len()
-            )));
+        let mut caches = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            if prompt.is_empty() {
+                return Err(Error::InvalidInput("the prompt is empty".into()));
+            }
+            if prompt.len() >= max {
+                return Err(Error::InvalidInput(format!(
+                    "the prompt has {} tokens but the model's context is {max} tokens (room is needed to generate)",
+                    prompt.len()
+                )));
+            }
+            let reused = self.prefix_cache.lock().expect("prefix cache lock").lookup(prompt)?;
+            caches.push(reused.unwrap_or_default());
         }
-        let reused = self
-            .prefix_cache
-            .lock()
-            .expect("prefix cache lock")
-            .lookup(prompt)?;
-        let mut cache = reused.unwrap_or_default();
-        let reused_len = cache.len();
+        let reused: Vec<usize> = caches.iter().map(SeqCache::len).collect();
         let logits = {
-            let mut batch = [BatchItem {
-                tokens: &prompt[reused_len..],
-                cache: &mut cache,
-                all_logits: false,
-            }];
-            self.model.forward(&mut batch)?.remove(0)
+            let mut batch: Vec<BatchItem<'_>> = caches
+                .iter_mut()
+                .zip(prompts)
+                .zip(&reused)
+                .map(|((cache, prompt), &r)| BatchItem {
+                    tokens: &prompt[r..],
+                    cache,
+                    all_logits: false,
+                })
+                .collect();
+            self.model.forward(&mut batch)?
         };
-        self.prefix_cache
-            .lock()
-            .expect("prefix cache lock")
-            .insert(cache.fork());
-        Ok((Prefilled { cache, logits }, reused_len))
+        let mut lru = self.prefix_cache.lock().expect("prefix cache lock");
+        Ok(caches
+            .into_iter()
+            .zip(logits)
+            .zip(reused)
+            .map(|((cache, logits), r)| {
+                lru.insert(cache.fork());
+                (Prefilled { cache, logits }, r)
+            })
+            .collect())
     }
 
     /// Logits for every prompt position from a cold cache (no prefix reuse): for tests and
@@ -194,7 +208,7 @@ impl Engine {
                 generate::generate_beam(self.model(), prompt, prefilled, params, b, detok)?
             }
             _ => {
-                generate::generate_simple(self.model(), prompt, prefilled, params, detok, on_text)?
+                generate::generate_simple(self.model(), vec![Start { prompt, prefilled }], params, detok, on_text)?
             }
         };
         Ok(Generation {
@@ -205,5 +219,38 @@ impl Engine {
             decode_ms: ms_since(t1),
             decode_steps,
         })
+    }
+
+    /// Greedy decoding or sampling of several independent prompts, prefilled and stepped
+    /// together in one batch. Returns each prompt's completions, in prompt order.
+    pub fn generate_batch(
+        &self,
+        prompts: &[&[u32]],
+        params: &GenerateParams,
+        detok: Option<Detokenize<'_>>,
+    ) -> Result<Vec<Vec<Completion>>> {
+        if params.beams.as_ref().is_some_and(|b| b.num_beams > 1) {
+            return Err(Error::InvalidInput("batched requests use greedy decoding or sampling, not beams".into()));
+        }
+        if params.max_new_tokens == 0 {
+            return Err(Error::InvalidInput("max new tokens must be at least 1".into()));
+        }
+        let room = prompts.iter().map(|p| self.model.info().max_context.saturating_sub(p.len())).min().unwrap_or(0);
+        let mut params = params.clone();
+        params.max_new_tokens = params.max_new_tokens.min(room.max(1));
+        let starts = self
+            .prefill_many(prompts)?
+            .into_iter()
+            .zip(prompts)
+            .map(|((prefilled, _), prompt)| Start { prompt, prefilled })
+            .collect();
+        let (completions, _) = generate::generate_simple(self.model(), starts, &params, detok, None)?;
+        let per_prompt = completions.len() / prompts.len().max(1);
+        let mut out = Vec::with_capacity(prompts.len());
+        let mut it = completions.into_iter();
+        for _ in 0..prompts.len() {
+            out.push(it.by_ref().take(per_prompt).collect());
+        }
+        Ok(out)
     }
 }

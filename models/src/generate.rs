@@ -238,7 +238,14 @@ fn step(model: &dyn CausalLm, caches: &mut [&mut SeqCache], tokens: &[u32]) -> R
     Ok(Tensor::cat(&out, 0)?)
 }
 
-struct Running {
+/// One prompt to continue: its tokens (for the repetition penalty) and its prefill.
+pub struct Start<'p> {
+    pub prompt: &'p [u32],
+    pub prefilled: Prefilled,
+}
+
+struct Running<'p> {
+    prompt: &'p [u32],
     cache: SeqCache,
     tokens: Vec<u32>,
     logprob: f32,
@@ -248,23 +255,26 @@ struct Running {
     sampler: Option<Sampler>,
 }
 
-/// Greedy decoding or sampling (`num_samples` independent sequences, batched).
+/// Greedy decoding or sampling for one or more prompts, `num_samples` independent
+/// sequences each when sampling, all stepped together in one batch. Completions come in
+/// prompt order, the samples of a prompt together.
 pub fn generate_simple(
     model: &dyn CausalLm,
-    prompt: &[u32],
-    prefilled: Prefilled,
+    starts: Vec<Start<'_>>,
     params: &GenerateParams,
     detok: Option<Detokenize<'_>>,
     mut on_text: Option<OnText<'_>>,
 ) -> Result<(Vec<Completion>, usize)> {
     let check = TextCheck { detok, params };
-    let n = match params.sampling {
+    let per_prompt = match params.sampling {
         Sampling::Greedy => 1,
         Sampling::Sample { .. } => params.num_samples.max(1),
     };
+    let n = starts.len() * per_prompt;
     let mut seqs: Vec<Running> = (0..n)
         .map(|i| Running {
-            cache: prefilled.cache.fork(),
+            prompt: starts[i / per_prompt].prompt,
+            cache: starts[i / per_prompt].prefilled.cache.fork(),
             tokens: Vec::new(),
             logprob: 0.0,
             done: None,
@@ -286,10 +296,13 @@ pub fn generate_simple(
             },
         })
         .collect();
-    let mut logits = prefilled
-        .logits
-        .broadcast_as((n, prefilled.logits.dim(1)?))?
-        .contiguous()?;
+    let first: Vec<Tensor> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, _)| starts[i / per_prompt].prefilled.logits.clone())
+        .collect();
+    let mut logits = Tensor::cat(&first, 0)?;
+    drop(starts);
     let mut alive: Vec<usize> = (0..n).collect();
     let mut steps = 0;
     while !alive.is_empty() {
@@ -305,7 +318,7 @@ pub fn generate_simple(
             let seq = &mut seqs[i];
             let mut l = row(&logits, r)?;
             if params.repetition_penalty != 1.0 {
-                let seen: Vec<u32> = prompt.iter().chain(&seq.tokens).copied().collect();
+                let seen: Vec<u32> = seq.prompt.iter().chain(&seq.tokens).copied().collect();
                 sampling::apply_repetition_penalty(&mut l, &seen, params.repetition_penalty);
             }
             let tok = match &mut seq.sampler {

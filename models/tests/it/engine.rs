@@ -324,3 +324,20 @@ fn bad_requests_are_errors_not_panics() {
         .to_string();
     assert!(err.contains("num_return_sequences"), "{err}");
 }
+
+#[test]
+fn independent_requests_batched_equal_requests_run_alone() {
+    for name in MODELS {
+        let exp = expected(name);
+        let (a, b) = (&exp.input_ids[0][..], &exp.input_ids[1][..7]);
+        let params = GenerateParams { max_new_tokens: 6, ..Default::default() };
+        let alone: Vec<Vec<u32>> = [a, b]
+            .iter()
+            .map(|p| engine(name).generate_tokens(p, &params, None, None).unwrap().completions[0].tokens.clone())
+            .collect();
+        let batched = engine(name).generate_batch(&[a, b], &params, None).unwrap();
+        assert_eq!(batched.len(), 2);
+        assert_eq!(batched[0][0].tokens, alone[0], "{name}: first request");
+        assert_eq!(batched[1][0].tokens, alone[1], "{name}: second request");
+    }
+}
