@@ -2,7 +2,8 @@
 //! (hidden 896, MLP 4864, vocabulary 151936) for 1, 4, 8 and 16 activation rows.
 //!
 //! `cargo run --release -p tessera-kernels --example bench_qmatmul [-- FILTER]`: FILTER
-//! keeps the lines whose type or shape contains it (e.g. `Q5_0`, `151936`).
+//! keeps the lines whose type or shape contains it (e.g. `Q5_0`, `151936`); a second
+//! argument `ours` skips candle (for profiling).
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
+    let with_candle = std::env::args().nth(2).is_none_or(|a| a != "ours");
     let isa = Isa::best();
     println!("isa {isa:?}, {} rayon threads", rayon::current_num_threads());
     println!("{:<6} {:>14} {:>4} {:>10} {:>10} {:>7} {:>9}", "type", "[n, k]", "rows", "ours ms", "candle ms", "speedup", "vs 1 row");
@@ -56,15 +58,19 @@ fn main() {
             let budget = Duration::from_millis(if n > 100_000 { 1500 } else { 400 });
             let mut one_row = 0.0;
             for rows in [1, 4, 8, 16] {
-                let x: Vec<f32> = (0..rows * k).map(|i| ((i * 31 % 97) as f32 / 48.0 - 1.0)).collect();
+                let x: Vec<f32> = (0..rows * k).map(|i| (i * 31 % 97) as f32 / 48.0 - 1.0).collect();
                 let xt = Tensor::from_vec(x.clone(), (rows, k), &dev).unwrap();
                 let mut y = vec![0f32; rows * n];
                 let ours = time(budget, || {
                     quantized_matmul_with(isa, ty, &bytes, n, k, &x, rows, &mut y).unwrap();
                 });
-                let candle = time(budget, || {
-                    mm.forward(&xt).unwrap();
-                });
+                let candle = if with_candle {
+                    time(budget, || {
+                        mm.forward(&xt).unwrap();
+                    })
+                } else {
+                    f64::NAN
+                };
                 if rows == 1 {
                     one_row = ours;
                 }

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use crate::activation::{ActRow, Activations};
 use crate::decode::{DecodedRow, f16_at, scale_min_k4};
-use crate::layout::{LANES, Layout};
+use crate::layout::Layout;
 use crate::{Isa, Mode, QuantType};
 
 pub(crate) fn has_avx2() -> bool {
@@ -69,10 +69,10 @@ fn run_avx2(
     outs: &mut [&mut [f32]],
     decoded: &mut DecodedRow,
 ) {
+    let rows: Vec<ActRow<'_>> = (0..outs.len()).map(|r| act.row(r)).collect();
     for (j, w) in weight.chunks_exact(row_bytes).enumerate() {
         decode(ty, layout, mode, w, decoded);
-        for (r, out) in outs.iter_mut().enumerate() {
-            let a = act.row(r);
+        for (out, &a) in outs.iter_mut().zip(&rows) {
             out[j] = match (ty.has_min(), mode.signed) {
                 (false, false) => dot_avx2::<false, false>(layout, decoded, a),
                 (true, false) => dot_avx2::<true, false>(layout, decoded, a),
@@ -96,10 +96,10 @@ fn run_vnni(
     decoded: &mut DecodedRow,
 ) {
     debug_assert!(!mode.signed);
+    let rows: Vec<ActRow<'_>> = (0..outs.len()).map(|r| act.row(r)).collect();
     for (j, w) in weight.chunks_exact(row_bytes).enumerate() {
         decode(ty, layout, mode, w, decoded);
-        for (r, out) in outs.iter_mut().enumerate() {
-            let a = act.row(r);
+        for (out, &a) in outs.iter_mut().zip(&rows) {
             out[j] = if ty.has_min() {
                 dot_vnni::<true>(layout, decoded, a)
             } else {
@@ -176,99 +176,128 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
 }
 
-/// Applies the per-lane scales of group `g` to its integer lane sums `s` and accumulates.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn epilogue<const MIN: bool>(
-    acc: __m256,
-    s: __m256i,
-    g: usize,
-    w: &DecodedRow,
-    a: &ActRow<'_>,
-) -> __m256 {
-    let lanes = g * LANES..(g + 1) * LANES;
-    let s = _mm256_sub_epi32(
-        s,
-        load_i32(a.corr[lanes.clone()].try_into().expect("8 lanes")),
-    );
-    let scale = _mm256_mul_ps(
-        load_f32(w.scale[lanes.clone()].try_into().expect("8 lanes")),
-        load_f32(a.d[lanes.clone()].try_into().expect("8 lanes")),
-    );
-    let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
-    if MIN {
-        _mm256_fmadd_ps(
-            load_f32(w.min[lanes.clone()].try_into().expect("8 lanes")),
-            load_f32(a.min[lanes].try_into().expect("8 lanes")),
-            acc,
-        )
-    } else {
-        acc
+/// The per-lane arrays of one weight row and one activation row, 8 lanes per group.
+struct Lanes<'a> {
+    scale: &'a [[f32; 8]],
+    d: &'a [[f32; 8]],
+    corr: &'a [[i32; 8]],
+    wmin: &'a [[f32; 8]],
+    amin: &'a [[f32; 8]],
+}
+
+impl<'a> Lanes<'a> {
+    fn new(w: &'a DecodedRow, a: &ActRow<'a>) -> Lanes<'a> {
+        Lanes {
+            scale: w.scale.as_chunks().0,
+            d: a.d.as_chunks().0,
+            corr: a.corr.as_chunks().0,
+            wmin: w.min.as_chunks().0,
+            amin: a.min.as_chunks().0,
+        }
     }
 }
 
-/// AVX2 dot product. Unsigned mode adds two `vpmaddubsw` results in 16 bits before
-/// widening: weights are at most 63 (Q6_K), so 4 products stay within 4 * 63 * 128 < 2^15.
+/// Applies the per-lane scales of group `g` to its integer lane sums `s` and accumulates.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn dot_avx2<const MIN: bool, const SIGNED: bool>(
-    layout: &Layout,
-    w: &DecodedRow,
-    a: ActRow<'_>,
-) -> f32 {
+fn epilogue<const MIN: bool>(acc: __m256, s: __m256i, g: usize, l: &Lanes<'_>) -> __m256 {
+    let s = _mm256_sub_epi32(s, load_i32(&l.corr[g]));
+    let scale = _mm256_mul_ps(load_f32(&l.scale[g]), load_f32(&l.d[g]));
+    let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+    if MIN { _mm256_fmadd_ps(load_f32(&l.wmin[g]), load_f32(&l.amin[g]), acc) } else { acc }
+}
+
+/// Integer lane sums of one group, AVX2, unsigned mode: two `vpmaddubsw` results are added
+/// in 16 bits before widening, as weights are at most 63 (Q6_K) and 4 * 63 * 128 < 2^15.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sums_avx2<const NV: usize>(w: &[[u8; 32]; NV], x: &[[i8; 32]; NV]) -> __m256i {
     let ones = _mm256_set1_epi16(1);
-    let (wv, _) = w.q.as_chunks::<32>();
-    let (sv, _) = w.sign.as_chunks::<32>();
-    let (av, _) = a.q.as_chunks::<32>();
+    let mut s = _mm256_setzero_si256();
+    for v in (0..NV).step_by(2) {
+        let p0 = _mm256_maddubs_epi16(load_u8(&w[v]), load_i8(&x[v]));
+        let p1 = _mm256_maddubs_epi16(load_u8(&w[v + 1]), load_i8(&x[v + 1]));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
+    }
+    s
+}
+
+/// Integer lane sums of one group, AVX2, signed mode (Q8_0, whose weights reach 127: one
+/// product pair per 16-bit sum, `|w| * sign(x, w)`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sums_avx2_signed<const NV: usize>(w: &[[u8; 32]; NV], sign: &[[i8; 32]; NV], x: &[[i8; 32]; NV]) -> __m256i {
+    let ones = _mm256_set1_epi16(1);
+    let mut s = _mm256_setzero_si256();
+    for v in 0..NV {
+        let x = _mm256_sign_epi8(load_i8(&x[v]), load_i8(&sign[v]));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(load_u8(&w[v]), x), ones));
+    }
+    s
+}
+
+/// Integer lane sums of one group with AVX-512 VNNI: `vpdpbusd` multiplies and sums four
+/// byte pairs into 32 bits with no saturation; two accumulators halve its dependency chain.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn sums_vnni<const NV: usize>(w: &[[u8; 32]; NV], x: &[[i8; 32]; NV]) -> __m256i {
+    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    for v in (0..NV).step_by(2) {
+        s0 = _mm256_dpbusd_epi32(s0, load_u8(&w[v]), load_i8(&x[v]));
+        s1 = _mm256_dpbusd_epi32(s1, load_u8(&w[v + 1]), load_i8(&x[v + 1]));
+    }
+    _mm256_add_epi32(s0, s1)
+}
+
+/// A row's vectors split into its wide and narrow groups.
+#[allow(clippy::type_complexity)]
+fn groups<'a, T>(layout: &Layout, v: &'a [T]) -> (&'a [[[T; 32]; 8]], &'a [[[T; 32]; 4]])
+where
+    T: Copy,
+{
+    let (vectors, _) = v.as_chunks::<32>();
+    let (wide, narrow) = vectors.split_at(layout.wide * 8);
+    (wide.as_chunks().0, narrow.as_chunks().0)
+}
+
+/// AVX2 dot product of a decoded weight row with an activation row.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2<const MIN: bool, const SIGNED: bool>(layout: &Layout, w: &DecodedRow, a: ActRow<'_>) -> f32 {
+    let lanes = Lanes::new(w, &a);
+    let ((ww, wn), (xw, xn)) = (groups(layout, &w.q), groups(layout, a.q));
     let mut acc = _mm256_setzero_ps();
-    let mut v = 0;
-    for g in 0..layout.groups() {
-        let nv = if g < layout.wide { 8 } else { 4 };
-        let (wg, ag) = (&wv[v..v + nv], &av[v..v + nv]);
-        let mut s = _mm256_setzero_si256();
-        if SIGNED {
-            // Q8_0 weights reach 127: one product pair per 16-bit sum, |w| * sign(x, w).
-            for ((w, x), sign) in wg.iter().zip(ag).zip(&sv[v..v + nv]) {
-                let x = _mm256_sign_epi8(load_i8(x), load_i8(sign));
-                s = _mm256_add_epi32(
-                    s,
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(load_u8(w), x), ones),
-                );
-            }
-        } else {
-            for (w, x) in wg.chunks_exact(2).zip(ag.chunks_exact(2)) {
-                let p0 = _mm256_maddubs_epi16(load_u8(&w[0]), load_i8(&x[0]));
-                let p1 = _mm256_maddubs_epi16(load_u8(&w[1]), load_i8(&x[1]));
-                s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
-            }
+    if SIGNED {
+        let (sw, sn) = groups(layout, &w.sign);
+        for (g, ((w, s), x)) in ww.iter().zip(sw).zip(xw).enumerate() {
+            acc = epilogue::<MIN>(acc, sums_avx2_signed(w, s, x), g, &lanes);
         }
-        acc = epilogue::<MIN>(acc, s, g, w, &a);
-        v += nv;
+        for (g, ((w, s), x)) in wn.iter().zip(sn).zip(xn).enumerate() {
+            acc = epilogue::<MIN>(acc, sums_avx2_signed(w, s, x), layout.wide + g, &lanes);
+        }
+    } else {
+        for (g, (w, x)) in ww.iter().zip(xw).enumerate() {
+            acc = epilogue::<MIN>(acc, sums_avx2(w, x), g, &lanes);
+        }
+        for (g, (w, x)) in wn.iter().zip(xn).enumerate() {
+            acc = epilogue::<MIN>(acc, sums_avx2(w, x), layout.wide + g, &lanes);
+        }
     }
     hsum(acc)
 }
 
-/// AVX-512 VNNI dot product: `vpdpbusd` multiplies and sums four byte pairs into 32 bits
-/// with no intermediate saturation; two accumulators halve its dependency chain.
+/// AVX-512 VNNI dot product of a decoded weight row with an activation row.
 #[inline]
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
 fn dot_vnni<const MIN: bool>(layout: &Layout, w: &DecodedRow, a: ActRow<'_>) -> f32 {
-    let (wv, _) = w.q.as_chunks::<32>();
-    let (av, _) = a.q.as_chunks::<32>();
+    let lanes = Lanes::new(w, &a);
+    let ((ww, wn), (xw, xn)) = (groups(layout, &w.q), groups(layout, a.q));
     let mut acc = _mm256_setzero_ps();
-    let mut v = 0;
-    for g in 0..layout.groups() {
-        let nv = if g < layout.wide { 8 } else { 4 };
-        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        for (w, x) in wv[v..v + nv]
-            .chunks_exact(2)
-            .zip(av[v..v + nv].chunks_exact(2))
-        {
-            s0 = _mm256_dpbusd_epi32(s0, load_u8(&w[0]), load_i8(&x[0]));
-            s1 = _mm256_dpbusd_epi32(s1, load_u8(&w[1]), load_i8(&x[1]));
-        }
-        acc = epilogue::<MIN>(acc, _mm256_add_epi32(s0, s1), g, w, &a);
-        v += nv;
+    for (g, (w, x)) in ww.iter().zip(xw).enumerate() {
+        acc = epilogue::<MIN>(acc, sums_vnni(w, x), g, &lanes);
+    }
+    for (g, (w, x)) in wn.iter().zip(xn).enumerate() {
+        acc = epilogue::<MIN>(acc, sums_vnni(w, x), layout.wide + g, &lanes);
     }
     hsum(acc)
 }
@@ -357,14 +386,23 @@ fn bit_bytes(bits: u32) -> __m256i {
     )
 }
 
-/// The 32 natural values of a legacy block, before the mode's handling of Q8_0.
+/// Legacy formats as const parameters of the decoder, so that each gets its own loop.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+/// Q8_0 as `w + 128`.
+const Q8_0: u8 = 3;
+/// Q8_0 as `|w|`, with the signed weights kept aside (AVX2's signed mode).
+const Q8_0_SIGNED: u8 = 4;
+
+/// The 32 natural values of a legacy block (Q8_0: the signed weights).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn legacy_values(ty: QuantType, blk: &[u8]) -> __m256i {
-    match ty {
-        QuantType::Q4_0 => nibbles(array(&blk[2..])),
-        QuantType::Q4_1 => nibbles(array(&blk[4..])),
-        QuantType::Q5_0 => {
+fn legacy_values<const TY: u8>(blk: &[u8]) -> __m256i {
+    match TY {
+        Q4_0 => nibbles(array(&blk[2..])),
+        Q4_1 => nibbles(array(&blk[4..])),
+        Q5_0 => {
             let qh = u32::from_le_bytes(*array(&blk[2..]));
             let fifth = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
             _mm256_or_si256(nibbles(array(&blk[6..])), fifth)
@@ -377,57 +415,79 @@ fn legacy_values(ty: QuantType, blk: &[u8]) -> __m256i {
 #[target_feature(enable = "avx2,f16c")]
 fn decode(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8], out: &mut DecodedRow) {
     match ty {
-        QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q8_0 => {
-            decode_legacy(ty, layout, mode, row, out)
-        }
+        QuantType::Q4_0 => decode_legacy::<Q4_0>(layout, row, out),
+        QuantType::Q4_1 => decode_legacy::<Q4_1>(layout, row, out),
+        QuantType::Q5_0 => decode_legacy::<Q5_0>(layout, row, out),
+        QuantType::Q8_0 if mode.signed => decode_legacy::<Q8_0_SIGNED>(layout, row, out),
+        QuantType::Q8_0 => decode_legacy::<Q8_0>(layout, row, out),
         QuantType::Q4K => decode_q4k(row, out),
         QuantType::Q6K => decode_q6k(row, out),
     }
 }
 
+/// Stores interleaved vectors of a legacy format from vector `at` on.
 #[inline]
-#[target_feature(enable = "avx2,f16c")]
-fn decode_legacy(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8], out: &mut DecodedRow) {
-    let bb = ty.block_bytes();
-    let blocks = row.len() / bb;
+#[target_feature(enable = "avx2")]
+fn store_legacy<const TY: u8>(out: &mut DecodedRow, at: usize, v: &[__m256i]) {
     let (qv, _) = out.q.as_chunks_mut::<32>();
     let (sv, _) = out.sign.as_chunks_mut::<32>();
-    // Q8_0 weights become `w + 128` (unsigned mode) or `|w|` with the signs kept aside.
-    let store = |qv: &mut [[u8; 32]], sv: &mut [[i8; 32]], at: usize, v: &[__m256i]| {
-        for (i, &v) in v.iter().enumerate() {
-            if ty != QuantType::Q8_0 {
-                store_u8(&mut qv[at + i], v);
-            } else if mode.signed {
+    for (i, &v) in v.iter().enumerate() {
+        match TY {
+            Q8_0 => store_u8(&mut qv[at + i], _mm256_xor_si256(v, _mm256_set1_epi8(-128))),
+            Q8_0_SIGNED => {
                 store_i8(&mut sv[at + i], v);
                 store_u8(&mut qv[at + i], _mm256_abs_epi8(v));
-            } else {
-                store_u8(&mut qv[at + i], _mm256_xor_si256(v, _mm256_set1_epi8(-128)));
             }
+            _ => store_u8(&mut qv[at + i], v),
         }
+    }
+}
+
+/// The values of block `b` of a legacy row, with its scale (and minimum) written to
+/// `lanes`; zeros past the row's end (padding, whose scales stay zero).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn legacy_block<const TY: u8, const L: usize>(row: &[u8], b: usize, lanes: [usize; L], out: &mut DecodedRow) -> __m256i {
+    let bb = QuantType::block_bytes(match TY {
+        Q4_0 => QuantType::Q4_0,
+        Q4_1 => QuantType::Q4_1,
+        Q5_0 => QuantType::Q5_0,
+        _ => QuantType::Q8_0,
+    });
+    let Some(blk) = row.get(b * bb..(b + 1) * bb) else {
+        return _mm256_setzero_si256();
     };
-    let mut block = |b: usize, lanes: &[usize]| {
-        if b >= blocks {
-            // Padding: zero values and scales (left zero since the scratch was made).
-            return _mm256_setzero_si256();
+    let d = f16_at(blk, 0);
+    for lane in lanes {
+        out.scale[lane] = d;
+    }
+    if TY == Q4_1 {
+        let m = f16_at(blk, 2);
+        for lane in lanes {
+            out.min[lane] = m;
         }
-        let blk = &row[b * bb..(b + 1) * bb];
-        for &lane in lanes {
-            out.scale[lane] = f16_at(blk, 0);
-            if ty == QuantType::Q4_1 {
-                out.min[lane] = f16_at(blk, 2);
-            }
-        }
-        legacy_values(ty, blk)
-    };
+    }
+    legacy_values::<TY>(blk)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn decode_legacy<const TY: u8>(layout: &Layout, row: &[u8], out: &mut DecodedRow) {
     for g in 0..layout.wide {
-        let r: [__m256i; 8] = std::array::from_fn(|i| block(g * 8 + i, &[g * 8 + i]));
-        store(qv, sv, g * 8, &interleave_wide(r));
+        let mut r = [_mm256_setzero_si256(); 8];
+        for (i, r) in r.iter_mut().enumerate() {
+            *r = legacy_block::<TY, 1>(row, g * 8 + i, [g * 8 + i], out);
+        }
+        store_legacy::<TY>(out, g * 8, &interleave_wide(r));
     }
     if layout.narrow == 1 {
+        // The tail: block `m` fills lanes `2m` and `2m + 1`.
         let base = layout.wide * 8;
-        let n: [__m256i; 4] =
-            std::array::from_fn(|m| block(base + m, &[base + 2 * m, base + 2 * m + 1]));
-        store(qv, sv, base, &interleave_narrow(n));
+        let mut n = [_mm256_setzero_si256(); 4];
+        for (m, n) in n.iter_mut().enumerate() {
+            *n = legacy_block::<TY, 2>(row, base + m, [base + 2 * m, base + 2 * m + 1], out);
+        }
+        store_legacy::<TY>(out, base, &interleave_narrow(n));
     }
 }
 
@@ -463,7 +523,7 @@ fn decode_q4k(row: &[u8], out: &mut DecodedRow) {
 #[target_feature(enable = "avx2,f16c")]
 fn decode_q6k(row: &[u8], out: &mut DecodedRow) {
     let (qv, _) = out.q.as_chunks_mut::<32>();
-    let (m4, m2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3));
+    let m4 = _mm256_set1_epi8(0xF);
     for (b, blk) in row.chunks_exact(210).enumerate() {
         let d = f16_at(blk, 208);
         for sub in 0..16 {
@@ -473,25 +533,24 @@ fn decode_q6k(row: &[u8], out: &mut DecodedRow) {
             let q1 = load_u8(array(&blk[64 * half..]));
             let q2 = load_u8(array(&blk[64 * half + 32..]));
             let qh = load_u8(array(&blk[128 + 32 * half..]));
-            // Two high bits per value, 4 values per byte of `qh`, moved to bits 4 and 5.
-            let high = |shift: i32| {
-                let bits = match shift {
-                    0 => qh,
-                    2 => _mm256_srli_epi16::<2>(qh),
-                    4 => _mm256_srli_epi16::<4>(qh),
-                    _ => _mm256_srli_epi16::<6>(qh),
-                };
-                _mm256_slli_epi16::<4>(_mm256_and_si256(bits, m2))
-            };
             let n = [
-                _mm256_or_si256(_mm256_and_si256(q1, m4), high(0)),
-                _mm256_or_si256(_mm256_and_si256(q2, m4), high(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q1), m4), high(4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q2), m4), high(6)),
+                _mm256_or_si256(_mm256_and_si256(q1, m4), high_bits::<0>(qh)),
+                _mm256_or_si256(_mm256_and_si256(q2, m4), high_bits::<2>(qh)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q1), m4), high_bits::<4>(qh)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q2), m4), high_bits::<6>(qh)),
             ];
             for (i, v) in interleave_narrow(n).into_iter().enumerate() {
                 store_u8(&mut qv[(2 * b + half) * 4 + i], v);
             }
         }
     }
+}
+
+/// Q6_K's two high bits of each value, 4 values per byte of `qh`: bits `SHIFT` and
+/// `SHIFT + 1`, moved to bits 4 and 5.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn high_bits<const SHIFT: i32>(qh: __m256i) -> __m256i {
+    let bits = _mm256_and_si256(_mm256_srli_epi16::<SHIFT>(qh), _mm256_set1_epi8(3));
+    _mm256_slli_epi16::<4>(bits)
 }

@@ -225,7 +225,25 @@ pub struct TextModel {
     pub location: ModelLocation,
     pub engine: Engine,
     pub tokenizer: Arc<Tokenizer>,
+    /// Ids that end generation: the tokenizer's, plus `eos_token_id` from a checkpoint's
+    /// `generation_config.json` or `config.json` (where `tokenizer.json` does not say).
+    pub eos_ids: Vec<u32>,
     pub load_ms: f64,
+}
+
+/// `eos_token_id` (a number or a list) from a checkpoint's generation or model config.
+fn checkpoint_eos_ids(dir: &Path) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for name in ["generation_config.json", "config.json"] {
+        let Ok(text) = std::fs::read_to_string(dir.join(name)) else { continue };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        match json.get("eos_token_id") {
+            Some(serde_json::Value::Number(n)) => ids.extend(n.as_u64().map(|v| v as u32)),
+            Some(serde_json::Value::Array(a)) => ids.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32)),
+            _ => {}
+        }
+    }
+    ids
 }
 
 /// Loads the causal LM of a Hugging Face checkpoint directory, by its `model_type`.
@@ -294,11 +312,20 @@ impl TextModel {
                 ),
             ));
         }
+        let mut eos_ids = tokenizer.eos_ids().to_vec();
+        if let ModelLocation::Checkpoint(dir) = &location {
+            for id in checkpoint_eos_ids(dir) {
+                if !eos_ids.contains(&id) {
+                    eos_ids.push(id);
+                }
+            }
+        }
         Ok(TextModel {
             name: spec.to_owned(),
             location,
             engine: Engine::new(model),
             tokenizer: Arc::new(tokenizer),
+            eos_ids,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -322,7 +349,7 @@ impl TextModel {
         let ids = self.encode(prompt)?;
         let mut params = params.clone();
         if params.eos_ids.is_empty() {
-            params.eos_ids = self.tokenizer.eos_ids().to_vec();
+            params.eos_ids = self.eos_ids.clone();
         }
         let tok = self.tokenizer.clone();
         let detok = move |ids: &[u32]| tok.decode(ids, true);
