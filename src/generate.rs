@@ -106,11 +106,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let _ = stdout.write_all(delta.as_bytes());
         let _ = stdout.flush();
     };
-    let generation = model.generate(
-        &prompt,
-        &params,
-        if stream { Some(&mut on_text) } else { None },
-    )?;
+    let generation = model.generate(&prompt, &params, if stream { Some(&mut on_text) } else { None })?;
     if args.json {
         let completion_tokens: usize = generation.completions.iter().map(|c| c.tokens.len()).sum();
         let new_prefill = generation.prompt_tokens - generation.reused_tokens;

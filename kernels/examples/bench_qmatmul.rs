@@ -41,7 +41,10 @@ fn main() {
     let with_candle = std::env::args().nth(2).is_none_or(|a| a != "ours");
     let isa = Isa::best();
     println!("isa {isa:?}, {} rayon threads", rayon::current_num_threads());
-    println!("{:<6} {:>14} {:>4} {:>10} {:>10} {:>7} {:>9}", "type", "[n, k]", "rows", "ours ms", "candle ms", "speedup", "vs 1 row");
+    println!(
+        "{:<6} {:>14} {:>4} {:>10} {:>10} {:>7} {:>9}",
+        "type", "[n, k]", "rows", "ours ms", "candle ms", "speedup", "vs 1 row"
+    );
     let shapes = [(4864, 896), (896, 896), (896, 4864), (151936, 896)];
     let dev = Device::Cpu;
     for ty in QuantType::ALL {
@@ -50,7 +53,9 @@ fn main() {
             if !label.contains(&filter) || k % ty.block_size() != 0 || (n > 100_000 && ty != QuantType::Q8_0) {
                 continue;
             }
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.05).collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.05)
+                .collect();
             let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
             let qt = QTensor::quantize(&w, ggml_dtype(ty)).unwrap();
             let bytes = qt.data().unwrap().into_owned();

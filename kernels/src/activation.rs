@@ -34,14 +34,7 @@ pub(crate) struct ActRow<'a> {
 }
 
 impl Activations {
-    pub fn quantize(
-        ty: QuantType,
-        layout: &Layout,
-        offset: i32,
-        x: &[f32],
-        rows: usize,
-        k: usize,
-    ) -> Activations {
+    pub fn quantize(ty: QuantType, layout: &Layout, offset: i32, x: &[f32], rows: usize, k: usize) -> Activations {
         let (bytes, lanes) = (layout.bytes(), layout.lanes());
         let mut act = Activations {
             bytes,
@@ -73,10 +66,7 @@ impl Activations {
                 }
             }
             let lane_range = r * lanes..(r + 1) * lanes;
-            let (d, corr) = (
-                &mut act.d[lane_range.clone()],
-                &mut act.corr[lane_range.clone()],
-            );
+            let (d, corr) = (&mut act.d[lane_range.clone()], &mut act.corr[lane_range.clone()]);
             let mut start = 0;
             for g in 0..layout.groups() {
                 let lane_len = layout.lane_len(g);
@@ -84,20 +74,13 @@ impl Activations {
                     let lane = g * LANES + i;
                     let b = start / block;
                     if b < blocks {
-                        let sum: i32 = natural[start..start + lane_len]
-                            .iter()
-                            .map(|&q| q as i32)
-                            .sum();
+                        let sum: i32 = natural[start..start + lane_len].iter().map(|&q| q as i32).sum();
                         d[lane] = block_d[b];
                         corr[lane] = offset * sum;
                         match ty {
                             // The block's minimum term counted once, on its first lane.
-                            QuantType::Q4_1 if start % block == 0 => {
-                                act.min[lane_range.start + lane] = block_s[b]
-                            }
-                            QuantType::Q4K => {
-                                act.min[lane_range.start + lane] = block_d[b] * sum as f32
-                            }
+                            QuantType::Q4_1 if start % block == 0 => act.min[lane_range.start + lane] = block_s[b],
+                            QuantType::Q4K => act.min[lane_range.start + lane] = block_d[b] * sum as f32,
                             _ => {}
                         }
                     }
@@ -115,11 +98,7 @@ impl Activations {
             q: &self.q[r * self.bytes..(r + 1) * self.bytes],
             d: &self.d[lanes.clone()],
             corr: &self.corr[lanes.clone()],
-            min: if self.min.is_empty() {
-                &[]
-            } else {
-                &self.min[lanes]
-            },
+            min: if self.min.is_empty() { &[] } else { &self.min[lanes] },
         }
     }
 }

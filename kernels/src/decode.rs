@@ -61,13 +61,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Decodes `row` (the GGUF bytes of one weight row) into `out`.
-pub(crate) fn decode_row(
-    ty: QuantType,
-    layout: &Layout,
-    mode: Mode,
-    row: &[u8],
-    out: &mut DecodedRow,
-) {
+pub(crate) fn decode_row(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8], out: &mut DecodedRow) {
     let mut natural = std::mem::take(&mut out.natural);
     natural.clear();
     natural.resize(layout.bytes(), 0);

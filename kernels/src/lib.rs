@@ -34,11 +34,7 @@ use crate::layout::Layout;
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("{ty:?} weight: k = {k} is not a multiple of the block size {block_size}")]
-    KNotBlockAligned {
-        ty: QuantType,
-        k: usize,
-        block_size: usize,
-    },
+    KNotBlockAligned { ty: QuantType, k: usize, block_size: usize },
     #[error("{ty:?} weight [{n}, {k}]: expected {expected} bytes, got {actual}")]
     WeightSize {
         ty: QuantType,
@@ -207,9 +203,7 @@ pub fn quantized_matmul_with(
     // Tasks own a range of output columns in every row; disjoint `&mut` pieces of `y` keep
     // that safe without transposing the output afterwards.
     let chunk = column_chunk(n);
-    let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(chunk))
-        .map(|_| Vec::with_capacity(rows))
-        .collect();
+    let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(rows)).collect();
     for y_row in y.chunks_mut(n) {
         for (task, piece) in tasks.iter_mut().zip(y_row.chunks_mut(chunk)) {
             task.push(piece);
@@ -222,9 +216,7 @@ pub fn quantized_matmul_with(
         match isa {
             Isa::Scalar => scalar::run(ty, &layout, mode, weight, row_bytes, &act, &mut outs),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => {
-                x86::run(isa, ty, &layout, mode, weight, row_bytes, &act, &mut outs)
-            }
+            Isa::Avx2 | Isa::Avx512Vnni => x86::run(isa, ty, &layout, mode, weight, row_bytes, &act, &mut outs),
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512Vnni => unreachable!("checked by Isa::is_available"),
         }
@@ -340,17 +332,7 @@ mod tests {
             .iter()
             .map(|t| (t.block_size(), t.block_bytes()))
             .collect();
-        assert_eq!(
-            sizes,
-            [
-                (32, 18),
-                (32, 20),
-                (32, 22),
-                (32, 34),
-                (256, 144),
-                (256, 210)
-            ]
-        );
+        assert_eq!(sizes, [(32, 18), (32, 20), (32, 22), (32, 34), (256, 144), (256, 210)]);
     }
 
     #[test]

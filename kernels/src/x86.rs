@@ -1,8 +1,11 @@
-//! The x86-64 kernels: AVX2 decoders for every format, and the dot product of a decoded
-//! weight row with an activation row in two flavours, AVX2 (`vpmaddubsw` + `vpmaddwd`) and
-//! AVX-512 VNNI on 256-bit vectors (`vpdpbusd`). Chosen at run time by [`crate::Isa`], so
-//! one binary runs on any x86-64 CPU; the functions carry `#[target_feature]` and are only
-//! entered after the features were detected.
+//! The x86-64 kernels, chosen at run time by [`crate::Isa`] so that one binary runs on any
+//! x86-64 CPU: every function carries `#[target_feature]` and is only entered after the
+//! features were detected.
+//!
+//! A task walks its weight rows; each group of a row is decoded once, into registers, by an
+//! AVX2 decoder for its format, and multiplied with every activation row, either with AVX2
+//! (`vpmaddubsw` + `vpmaddwd`) or with AVX-512 VNNI on 256-bit vectors (`vpdpbusd`). The
+//! accumulators of the activation rows stay on the stack for the whole weight row.
 //!
 //! Everything computes the same integers and the same fused multiply-adds, in the same
 //! order, as [`crate::scalar`], so results agree bit for bit with the portable path.
@@ -10,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use crate::activation::{ActRow, Activations};
-use crate::decode::{DecodedRow, f16_at, scale_min_k4};
+use crate::decode::{f16_at, scale_min_k4};
 use crate::layout::Layout;
 use crate::{Isa, Mode, QuantType};
 
@@ -25,6 +28,25 @@ pub(crate) fn has_vnni() -> bool {
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
 }
+
+// Formats as const parameters, so that each gets its own loop with its decoder inlined.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+/// Q8_0 as `w + 128`.
+const Q8_0: u8 = 3;
+/// Q8_0 as `|w|` with the signed weights alongside (AVX2's signed mode, see [`Mode`]).
+const Q8_0_SIGNED: u8 = 4;
+const Q4K: u8 = 5;
+const Q6K: u8 = 6;
+
+const fn has_min(ty: u8) -> bool {
+    ty == Q4_1 || ty == Q4K
+}
+
+/// Activation rows per pass over a task's weights; more rows decode the weights again.
+/// 16 accumulators of 32 bytes stay in L1 next to the activations.
+const ROW_TILE: usize = 16;
 
 /// Computes the output columns of one task (see [`crate::scalar::run`]).
 #[allow(clippy::too_many_arguments)]
@@ -43,70 +65,159 @@ pub(crate) fn run(
         outs.iter_mut().for_each(|out| out.fill(0.0));
         return;
     }
-    let mut decoded = DecodedRow::new(ty, layout, mode);
+    let rows: Vec<XRow<'_>> = (0..outs.len()).map(|r| XRow::new(layout, act.row(r))).collect();
+    macro_rules! dispatch {
+        ($task:ident) => {
+            match ty {
+                QuantType::Q4_0 => $task::<Q4_0, 18>(layout, weight, row_bytes, &rows, outs),
+                QuantType::Q4_1 => $task::<Q4_1, 20>(layout, weight, row_bytes, &rows, outs),
+                QuantType::Q5_0 => $task::<Q5_0, 22>(layout, weight, row_bytes, &rows, outs),
+                QuantType::Q8_0 if mode.signed => {
+                    $task::<Q8_0_SIGNED, 34>(layout, weight, row_bytes, &rows, outs)
+                }
+                QuantType::Q8_0 => $task::<Q8_0, 34>(layout, weight, row_bytes, &rows, outs),
+                QuantType::Q4K => $task::<Q4K, 144>(layout, weight, row_bytes, &rows, outs),
+                QuantType::Q6K => $task::<Q6K, 210>(layout, weight, row_bytes, &rows, outs),
+            }
+        };
+    }
     match isa {
         // SAFETY: `Isa::is_available` checked the features before any task was started.
-        Isa::Avx2 => unsafe {
-            run_avx2(ty, layout, mode, weight, row_bytes, act, outs, &mut decoded)
-        },
+        Isa::Avx2 => unsafe { dispatch!(task_avx2) },
         // SAFETY: as above.
-        Isa::Avx512Vnni => unsafe {
-            run_vnni(ty, layout, mode, weight, row_bytes, act, outs, &mut decoded)
-        },
+        Isa::Avx512Vnni => unsafe { dispatch!(task_vnni) },
         Isa::Scalar => unreachable!("the scalar path does not come here"),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn run_avx2(
-    ty: QuantType,
-    layout: &Layout,
-    mode: Mode,
-    weight: &[u8],
-    row_bytes: usize,
-    act: &Activations,
-    outs: &mut [&mut [f32]],
-    decoded: &mut DecodedRow,
-) {
-    let rows: Vec<ActRow<'_>> = (0..outs.len()).map(|r| act.row(r)).collect();
-    for (j, w) in weight.chunks_exact(row_bytes).enumerate() {
-        decode(ty, layout, mode, w, decoded);
-        for (out, &a) in outs.iter_mut().zip(&rows) {
-            out[j] = match (ty.has_min(), mode.signed) {
-                (false, false) => dot_avx2::<false, false>(layout, decoded, a),
-                (true, false) => dot_avx2::<true, false>(layout, decoded, a),
-                (false, true) => dot_avx2::<false, true>(layout, decoded, a),
-                (true, true) => unreachable!("no format with a minimum is signed"),
-            };
+/// One activation row as fixed-size pieces per group, so that the hot loops index arrays.
+struct XRow<'a> {
+    wide: &'a [[[i8; 32]; 8]],
+    narrow: &'a [[[i8; 32]; 4]],
+    d: &'a [[f32; 8]],
+    corr: &'a [[i32; 8]],
+    min: &'a [[f32; 8]],
+}
+
+impl<'a> XRow<'a> {
+    fn new(layout: &Layout, a: ActRow<'a>) -> XRow<'a> {
+        let (wide, narrow) = a.q.as_chunks::<32>().0.split_at(layout.wide * 8);
+        XRow {
+            wide: wide.as_chunks().0,
+            narrow: narrow.as_chunks().0,
+            d: a.d.as_chunks().0,
+            corr: a.corr.as_chunks().0,
+            min: a.min.as_chunks().0,
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-fn run_vnni(
-    ty: QuantType,
-    layout: &Layout,
-    mode: Mode,
-    weight: &[u8],
-    row_bytes: usize,
-    act: &Activations,
-    outs: &mut [&mut [f32]],
-    decoded: &mut DecodedRow,
-) {
-    debug_assert!(!mode.signed);
-    let rows: Vec<ActRow<'_>> = (0..outs.len()).map(|r| act.row(r)).collect();
-    for (j, w) in weight.chunks_exact(row_bytes).enumerate() {
-        decode(ty, layout, mode, w, decoded);
-        for (out, &a) in outs.iter_mut().zip(&rows) {
-            out[j] = if ty.has_min() {
-                dot_vnni::<true>(layout, decoded, a)
-            } else {
-                dot_vnni::<false>(layout, decoded, a)
-            };
+/// One decoded group of a weight row: interleaved weight vectors and per-lane values.
+#[derive(Clone, Copy)]
+struct Group<const NV: usize> {
+    q: [__m256i; NV],
+    /// `Q8_0_SIGNED` only: the signed weights (`q` holds their magnitudes).
+    sign: [__m256i; NV],
+    scale: __m256,
+    /// Formats with a minimum only.
+    min: __m256,
+}
+
+macro_rules! task {
+    ($name:ident, $features:literal, $sums:ident) => {
+        /// Computes a task's outputs: each group of each weight row is decoded once and
+        /// multiplied with every activation row of the tile.
+        #[target_feature(enable = $features)]
+        fn $name<const TY: u8, const BB: usize>(
+            layout: &Layout,
+            weight: &[u8],
+            row_bytes: usize,
+            rows: &[XRow<'_>],
+            outs: &mut [&mut [f32]],
+        ) {
+            let mut acc = [_mm256_setzero_ps(); ROW_TILE];
+            for (tile, outs) in rows.chunks(ROW_TILE).zip(outs.chunks_mut(ROW_TILE)) {
+                let acc = &mut acc[..tile.len()];
+                for (j, row) in weight.chunks_exact(row_bytes).enumerate() {
+                    acc.fill(_mm256_setzero_ps());
+                    for g in 0..layout.wide {
+                        let grp = decode_wide::<TY, BB>(row, g);
+                        for (acc, x) in acc.iter_mut().zip(tile) {
+                            let s = $sums::<TY, 8>(&grp, &x.wide[g]);
+                            *acc = epilogue::<TY, 8>(*acc, s, &grp, x, g);
+                        }
+                    }
+                    for g in layout.wide..layout.groups() {
+                        let grp = decode_narrow::<TY, BB>(row, layout, g);
+                        for (acc, x) in acc.iter_mut().zip(tile) {
+                            let s = $sums::<TY, 4>(&grp, &x.narrow[g - layout.wide]);
+                            *acc = epilogue::<TY, 4>(*acc, s, &grp, x, g);
+                        }
+                    }
+                    for (out, acc) in outs.iter_mut().zip(acc.iter()) {
+                        out[j] = hsum(*acc);
+                    }
+                }
+            }
+        }
+    };
+}
+
+task!(task_avx2, "avx2,fma,f16c", sums_avx2);
+task!(task_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", sums_vnni);
+
+/// Applies the per-lane scales of group `g` to its integer lane sums `s` and accumulates.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn epilogue<const TY: u8, const NV: usize>(
+    acc: __m256,
+    s: __m256i,
+    grp: &Group<NV>,
+    x: &XRow<'_>,
+    g: usize,
+) -> __m256 {
+    let s = _mm256_sub_epi32(s, load_i32(&x.corr[g]));
+    let scale = _mm256_mul_ps(grp.scale, load_f32(&x.d[g]));
+    let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+    if has_min(TY) { _mm256_fmadd_ps(grp.min, load_f32(&x.min[g]), acc) } else { acc }
+}
+
+/// Integer lane sums of one group with AVX2. Unsigned weights are at most 63 (Q6_K), so
+/// two `vpmaddubsw` results (4 products, at most 4 * 63 * 128 < 2^15) are added in 16 bits
+/// before widening. Q8_0's signed weights reach 127: one pair per 16-bit sum, computed as
+/// `|w| * sign(x, w)` since `vpmaddubsw` wants an unsigned operand.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sums_avx2<const TY: u8, const NV: usize>(grp: &Group<NV>, x: &[[i8; 32]; NV]) -> __m256i {
+    let ones = _mm256_set1_epi16(1);
+    let mut s = _mm256_setzero_si256();
+    if TY == Q8_0_SIGNED {
+        for v in 0..NV {
+            let x = _mm256_sign_epi8(load_i8(&x[v]), grp.sign[v]);
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(grp.q[v], x), ones));
+        }
+    } else {
+        for v in (0..NV).step_by(2) {
+            let p0 = _mm256_maddubs_epi16(grp.q[v], load_i8(&x[v]));
+            let p1 = _mm256_maddubs_epi16(grp.q[v + 1], load_i8(&x[v + 1]));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
         }
     }
+    s
+}
+
+/// Integer lane sums of one group with AVX-512 VNNI: `vpdpbusd` multiplies and sums four
+/// byte pairs into 32 bits without saturation; two accumulators halve its dependency chain.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+fn sums_vnni<const TY: u8, const NV: usize>(grp: &Group<NV>, x: &[[i8; 32]; NV]) -> __m256i {
+    debug_assert_ne!(TY, Q8_0_SIGNED);
+    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    for v in (0..NV).step_by(2) {
+        s0 = _mm256_dpbusd_epi32(s0, grp.q[v], load_i8(&x[v]));
+        s1 = _mm256_dpbusd_epi32(s1, grp.q[v + 1], load_i8(&x[v + 1]));
+    }
+    _mm256_add_epi32(s0, s1)
 }
 
 // Loads and stores through fixed-size arrays, so that bounds are checked by the types and
@@ -147,19 +258,7 @@ fn load_f32(v: &[f32; 8]) -> __m256 {
     unsafe { _mm256_loadu_ps(v.as_ptr()) }
 }
 
-#[inline]
-#[target_feature(enable = "avx2")]
-fn store_u8(out: &mut [u8; 32], v: __m256i) {
-    // SAFETY: `out` is 32 writable bytes; the store has no alignment requirement.
-    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) }
-}
 
-#[inline]
-#[target_feature(enable = "avx2")]
-fn store_i8(out: &mut [i8; 32], v: __m256i) {
-    // SAFETY: as in `store_u8`.
-    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) }
-}
 
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -174,132 +273,6 @@ fn hsum(v: __m256) -> f32 {
     let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
     _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
-}
-
-/// The per-lane arrays of one weight row and one activation row, 8 lanes per group.
-struct Lanes<'a> {
-    scale: &'a [[f32; 8]],
-    d: &'a [[f32; 8]],
-    corr: &'a [[i32; 8]],
-    wmin: &'a [[f32; 8]],
-    amin: &'a [[f32; 8]],
-}
-
-impl<'a> Lanes<'a> {
-    fn new(w: &'a DecodedRow, a: &ActRow<'a>) -> Lanes<'a> {
-        Lanes {
-            scale: w.scale.as_chunks().0,
-            d: a.d.as_chunks().0,
-            corr: a.corr.as_chunks().0,
-            wmin: w.min.as_chunks().0,
-            amin: a.min.as_chunks().0,
-        }
-    }
-}
-
-/// Applies the per-lane scales of group `g` to its integer lane sums `s` and accumulates.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn epilogue<const MIN: bool>(acc: __m256, s: __m256i, g: usize, l: &Lanes<'_>) -> __m256 {
-    let s = _mm256_sub_epi32(s, load_i32(&l.corr[g]));
-    let scale = _mm256_mul_ps(load_f32(&l.scale[g]), load_f32(&l.d[g]));
-    let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
-    if MIN { _mm256_fmadd_ps(load_f32(&l.wmin[g]), load_f32(&l.amin[g]), acc) } else { acc }
-}
-
-/// Integer lane sums of one group, AVX2, unsigned mode: two `vpmaddubsw` results are added
-/// in 16 bits before widening, as weights are at most 63 (Q6_K) and 4 * 63 * 128 < 2^15.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn sums_avx2<const NV: usize>(w: &[[u8; 32]; NV], x: &[[i8; 32]; NV]) -> __m256i {
-    let ones = _mm256_set1_epi16(1);
-    let mut s = _mm256_setzero_si256();
-    for v in (0..NV).step_by(2) {
-        let p0 = _mm256_maddubs_epi16(load_u8(&w[v]), load_i8(&x[v]));
-        let p1 = _mm256_maddubs_epi16(load_u8(&w[v + 1]), load_i8(&x[v + 1]));
-        s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones));
-    }
-    s
-}
-
-/// Integer lane sums of one group, AVX2, signed mode (Q8_0, whose weights reach 127: one
-/// product pair per 16-bit sum, `|w| * sign(x, w)`).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn sums_avx2_signed<const NV: usize>(w: &[[u8; 32]; NV], sign: &[[i8; 32]; NV], x: &[[i8; 32]; NV]) -> __m256i {
-    let ones = _mm256_set1_epi16(1);
-    let mut s = _mm256_setzero_si256();
-    for v in 0..NV {
-        let x = _mm256_sign_epi8(load_i8(&x[v]), load_i8(&sign[v]));
-        s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(load_u8(&w[v]), x), ones));
-    }
-    s
-}
-
-/// Integer lane sums of one group with AVX-512 VNNI: `vpdpbusd` multiplies and sums four
-/// byte pairs into 32 bits with no saturation; two accumulators halve its dependency chain.
-#[inline]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-fn sums_vnni<const NV: usize>(w: &[[u8; 32]; NV], x: &[[i8; 32]; NV]) -> __m256i {
-    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-    for v in (0..NV).step_by(2) {
-        s0 = _mm256_dpbusd_epi32(s0, load_u8(&w[v]), load_i8(&x[v]));
-        s1 = _mm256_dpbusd_epi32(s1, load_u8(&w[v + 1]), load_i8(&x[v + 1]));
-    }
-    _mm256_add_epi32(s0, s1)
-}
-
-/// A row's vectors split into its wide and narrow groups.
-#[allow(clippy::type_complexity)]
-fn groups<'a, T>(layout: &Layout, v: &'a [T]) -> (&'a [[[T; 32]; 8]], &'a [[[T; 32]; 4]])
-where
-    T: Copy,
-{
-    let (vectors, _) = v.as_chunks::<32>();
-    let (wide, narrow) = vectors.split_at(layout.wide * 8);
-    (wide.as_chunks().0, narrow.as_chunks().0)
-}
-
-/// AVX2 dot product of a decoded weight row with an activation row.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn dot_avx2<const MIN: bool, const SIGNED: bool>(layout: &Layout, w: &DecodedRow, a: ActRow<'_>) -> f32 {
-    let lanes = Lanes::new(w, &a);
-    let ((ww, wn), (xw, xn)) = (groups(layout, &w.q), groups(layout, a.q));
-    let mut acc = _mm256_setzero_ps();
-    if SIGNED {
-        let (sw, sn) = groups(layout, &w.sign);
-        for (g, ((w, s), x)) in ww.iter().zip(sw).zip(xw).enumerate() {
-            acc = epilogue::<MIN>(acc, sums_avx2_signed(w, s, x), g, &lanes);
-        }
-        for (g, ((w, s), x)) in wn.iter().zip(sn).zip(xn).enumerate() {
-            acc = epilogue::<MIN>(acc, sums_avx2_signed(w, s, x), layout.wide + g, &lanes);
-        }
-    } else {
-        for (g, (w, x)) in ww.iter().zip(xw).enumerate() {
-            acc = epilogue::<MIN>(acc, sums_avx2(w, x), g, &lanes);
-        }
-        for (g, (w, x)) in wn.iter().zip(xn).enumerate() {
-            acc = epilogue::<MIN>(acc, sums_avx2(w, x), layout.wide + g, &lanes);
-        }
-    }
-    hsum(acc)
-}
-
-/// AVX-512 VNNI dot product of a decoded weight row with an activation row.
-#[inline]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-fn dot_vnni<const MIN: bool>(layout: &Layout, w: &DecodedRow, a: ActRow<'_>) -> f32 {
-    let lanes = Lanes::new(w, &a);
-    let ((ww, wn), (xw, xn)) = (groups(layout, &w.q), groups(layout, a.q));
-    let mut acc = _mm256_setzero_ps();
-    for (g, (w, x)) in ww.iter().zip(xw).enumerate() {
-        acc = epilogue::<MIN>(acc, sums_vnni(w, x), g, &lanes);
-    }
-    for (g, (w, x)) in wn.iter().zip(xn).enumerate() {
-        acc = epilogue::<MIN>(acc, sums_vnni(w, x), layout.wide + g, &lanes);
-    }
-    hsum(acc)
 }
 
 /// 8x8 transpose of 32-bit elements: row `i` of the input is lane `i` (32 natural bytes),
@@ -386,19 +359,19 @@ fn bit_bytes(bits: u32) -> __m256i {
     )
 }
 
-/// Legacy formats as const parameters of the decoder, so that each gets its own loop.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-/// Q8_0 as `w + 128`.
-const Q8_0: u8 = 3;
-/// Q8_0 as `|w|`, with the signed weights kept aside (AVX2's signed mode).
-const Q8_0_SIGNED: u8 = 4;
+
+/// Eight f16 values, widened.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16x8(bits: &[u16; 8]) -> __m256 {
+    // SAFETY: `bits` is 16 readable bytes; the load has no alignment requirement.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(bits.as_ptr().cast()) })
+}
 
 /// The 32 natural values of a legacy block (Q8_0: the signed weights).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn legacy_values<const TY: u8>(blk: &[u8]) -> __m256i {
+fn legacy_values<const TY: u8, const BB: usize>(blk: &[u8; BB]) -> __m256i {
     match TY {
         Q4_0 => nibbles(array(&blk[2..])),
         Q4_1 => nibbles(array(&blk[4..])),
@@ -411,139 +384,126 @@ fn legacy_values<const TY: u8>(blk: &[u8]) -> __m256i {
     }
 }
 
-/// Decodes one weight row (see [`crate::decode::decode_row`]).
-#[target_feature(enable = "avx2,f16c")]
-fn decode(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8], out: &mut DecodedRow) {
-    match ty {
-        QuantType::Q4_0 => decode_legacy::<Q4_0>(layout, row, out),
-        QuantType::Q4_1 => decode_legacy::<Q4_1>(layout, row, out),
-        QuantType::Q5_0 => decode_legacy::<Q5_0>(layout, row, out),
-        QuantType::Q8_0 if mode.signed => decode_legacy::<Q8_0_SIGNED>(layout, row, out),
-        QuantType::Q8_0 => decode_legacy::<Q8_0>(layout, row, out),
-        QuantType::Q4K => decode_q4k(row, out),
-        QuantType::Q6K => decode_q6k(row, out),
-    }
-}
-
-/// Stores interleaved vectors of a legacy format from vector `at` on.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn store_legacy<const TY: u8>(out: &mut DecodedRow, at: usize, v: &[__m256i]) {
-    let (qv, _) = out.q.as_chunks_mut::<32>();
-    let (sv, _) = out.sign.as_chunks_mut::<32>();
-    for (i, &v) in v.iter().enumerate() {
-        match TY {
-            Q8_0 => store_u8(&mut qv[at + i], _mm256_xor_si256(v, _mm256_set1_epi8(-128))),
-            Q8_0_SIGNED => {
-                store_i8(&mut sv[at + i], v);
-                store_u8(&mut qv[at + i], _mm256_abs_epi8(v));
-            }
-            _ => store_u8(&mut qv[at + i], v),
-        }
-    }
-}
-
-/// The values of block `b` of a legacy row, with its scale (and minimum) written to
-/// `lanes`; zeros past the row's end (padding, whose scales stay zero).
+/// A legacy group from its interleaved values and f16 scales (and minimums): Q8_0 becomes
+/// `w + 128`, or `|w|` with the signs kept.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn legacy_block<const TY: u8, const L: usize>(row: &[u8], b: usize, lanes: [usize; L], out: &mut DecodedRow) -> __m256i {
-    let bb = QuantType::block_bytes(match TY {
-        Q4_0 => QuantType::Q4_0,
-        Q4_1 => QuantType::Q4_1,
-        Q5_0 => QuantType::Q5_0,
-        _ => QuantType::Q8_0,
-    });
-    let Some(blk) = row.get(b * bb..(b + 1) * bb) else {
-        return _mm256_setzero_si256();
-    };
-    let d = f16_at(blk, 0);
-    for lane in lanes {
-        out.scale[lane] = d;
-    }
+fn legacy_group<const TY: u8, const NV: usize>(q: [__m256i; NV], d: &[u16; 8], m: &[u16; 8]) -> Group<NV> {
+    let mut grp = Group { q, sign: q, scale: f16x8(d), min: _mm256_setzero_ps() };
     if TY == Q4_1 {
-        let m = f16_at(blk, 2);
-        for lane in lanes {
-            out.min[lane] = m;
+        grp.min = f16x8(m);
+    }
+    for q in &mut grp.q {
+        match TY {
+            Q8_0 => *q = _mm256_xor_si256(*q, _mm256_set1_epi8(-128)),
+            Q8_0_SIGNED => *q = _mm256_abs_epi8(*q),
+            _ => {}
         }
     }
-    legacy_values::<TY>(blk)
+    grp
 }
 
+/// Wide group `g` of a weight row: 8 legacy blocks, or one Q4_K super-block.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn decode_legacy<const TY: u8>(layout: &Layout, row: &[u8], out: &mut DecodedRow) {
-    for g in 0..layout.wide {
-        let mut r = [_mm256_setzero_si256(); 8];
-        for (i, r) in r.iter_mut().enumerate() {
-            *r = legacy_block::<TY, 1>(row, g * 8 + i, [g * 8 + i], out);
-        }
-        store_legacy::<TY>(out, g * 8, &interleave_wide(r));
+fn decode_wide<const TY: u8, const BB: usize>(row: &[u8], g: usize) -> Group<8> {
+    if TY == Q4K {
+        return q4k_group(array(&row[g * 144..]));
     }
-    if layout.narrow == 1 {
-        // The tail: block `m` fills lanes `2m` and `2m + 1`.
-        let base = layout.wide * 8;
-        let mut n = [_mm256_setzero_si256(); 4];
-        for (m, n) in n.iter_mut().enumerate() {
-            *n = legacy_block::<TY, 2>(row, base + m, [base + 2 * m, base + 2 * m + 1], out);
+    let mut padded = [[0u8; BB]; 8];
+    let blocks = match row.get(g * 8 * BB..(g + 1) * 8 * BB) {
+        Some(bytes) => bytes.as_chunks::<BB>().0,
+        None => {
+            // The last group of a row whose block count is 5 to 7 past a multiple of 8:
+            // zero blocks (zero scales) pad it.
+            let (present, _) = row[g * 8 * BB..].as_chunks::<BB>();
+            padded[..present.len()].copy_from_slice(present);
+            &padded[..]
         }
-        store_legacy::<TY>(out, base, &interleave_narrow(n));
+    };
+    let (mut v, mut d, mut m) = ([_mm256_setzero_si256(); 8], [0u16; 8], [0u16; 8]);
+    for (i, blk) in blocks[..8].iter().enumerate() {
+        d[i] = u16::from_le_bytes([blk[0], blk[1]]);
+        if TY == Q4_1 {
+            m[i] = u16::from_le_bytes([blk[2], blk[3]]);
+        }
+        v[i] = legacy_values::<TY, BB>(blk);
     }
+    legacy_group::<TY, 8>(interleave_wide(v), &d, &m)
 }
 
+/// Narrow group `g` of a weight row: the legacy tail of up to 4 blocks, or half a Q6_K
+/// super-block.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn decode_q4k(row: &[u8], out: &mut DecodedRow) {
-    let (qv, _) = out.q.as_chunks_mut::<32>();
+fn decode_narrow<const TY: u8, const BB: usize>(row: &[u8], layout: &Layout, g: usize) -> Group<4> {
+    if TY == Q6K {
+        return q6k_group(array(&row[g / 2 * 210..]), g % 2);
+    }
+    // Block `m` of the tail fills lanes `2m` and `2m + 1`; missing blocks are zeros.
+    let mut padded = [[0u8; BB]; 4];
+    let (present, _) = row[layout.wide * 8 * BB..].as_chunks::<BB>();
+    padded[..present.len()].copy_from_slice(present);
+    let (mut v, mut d, mut m) = ([_mm256_setzero_si256(); 4], [0u16; 8], [0u16; 8]);
+    for (i, blk) in padded.iter().enumerate() {
+        d[2 * i] = u16::from_le_bytes([blk[0], blk[1]]);
+        d[2 * i + 1] = d[2 * i];
+        if TY == Q4_1 {
+            m[2 * i] = u16::from_le_bytes([blk[2], blk[3]]);
+            m[2 * i + 1] = m[2 * i];
+        }
+        v[i] = legacy_values::<TY, BB>(blk);
+    }
+    legacy_group::<TY, 4>(interleave_narrow(v), &d, &m)
+}
+
+/// A Q4_K super-block: 8 sub-blocks of 32 values, each with a 6-bit scale and minimum.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn q4k_group(blk: &[u8; 144]) -> Group<8> {
+    let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for sub in 0..8 {
+        (sc[sub], mn[sub]) = scale_min_k4(sub, &blk[4..16]);
+    }
+    let widen = |v: [u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set1_epi64x(i64::from_le_bytes(v))));
     let mask = _mm256_set1_epi8(0xF);
-    for (b, blk) in row.chunks_exact(144).enumerate() {
-        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-        for sub in 0..8 {
-            let (sc, m) = scale_min_k4(sub, &blk[4..16]);
-            out.scale[b * 8 + sub] = d * sc as f32;
-            out.min[b * 8 + sub] = -dmin * m as f32;
-        }
-        // Each 32 bytes of nibbles hold two sub-blocks: low nibbles, then high nibbles.
-        let r: [__m256i; 8] = std::array::from_fn(|i| {
-            let q = load_u8(array(&blk[16 + 32 * (i / 2)..]));
-            let q = if i % 2 == 0 {
-                q
-            } else {
-                _mm256_srli_epi16::<4>(q)
-            };
-            _mm256_and_si256(q, mask)
-        });
-        for (i, v) in interleave_wide(r).into_iter().enumerate() {
-            store_u8(&mut qv[b * 8 + i], v);
-        }
+    // Each 32 bytes of nibbles hold two sub-blocks: low nibbles, then high nibbles.
+    let mut v = [_mm256_setzero_si256(); 8];
+    for j in 0..4 {
+        let q = load_u8(array(&blk[16 + 32 * j..]));
+        v[2 * j] = _mm256_and_si256(q, mask);
+        v[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+    }
+    let q = interleave_wide(v);
+    Group {
+        q,
+        sign: q,
+        scale: _mm256_mul_ps(_mm256_set1_ps(d), widen(sc)),
+        min: _mm256_mul_ps(_mm256_set1_ps(-dmin), widen(mn)),
     }
 }
 
+/// Half `half` of a Q6_K super-block: 8 sub-blocks of 16 values with i8 scales; the values
+/// are 4 low bits from `ql` and 2 high bits from `qh`.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn decode_q6k(row: &[u8], out: &mut DecodedRow) {
-    let (qv, _) = out.q.as_chunks_mut::<32>();
+fn q6k_group(blk: &[u8; 210], half: usize) -> Group<4> {
+    let d = f16_at(blk, 208);
+    let scales = i64::from_le_bytes(*array(&blk[192 + 8 * half..]));
+    let scales = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_set1_epi64x(scales)));
     let m4 = _mm256_set1_epi8(0xF);
-    for (b, blk) in row.chunks_exact(210).enumerate() {
-        let d = f16_at(blk, 208);
-        for sub in 0..16 {
-            out.scale[b * 16 + sub] = d * blk[192 + sub] as i8 as f32;
-        }
-        for half in 0..2 {
-            let q1 = load_u8(array(&blk[64 * half..]));
-            let q2 = load_u8(array(&blk[64 * half + 32..]));
-            let qh = load_u8(array(&blk[128 + 32 * half..]));
-            let n = [
-                _mm256_or_si256(_mm256_and_si256(q1, m4), high_bits::<0>(qh)),
-                _mm256_or_si256(_mm256_and_si256(q2, m4), high_bits::<2>(qh)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q1), m4), high_bits::<4>(qh)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q2), m4), high_bits::<6>(qh)),
-            ];
-            for (i, v) in interleave_narrow(n).into_iter().enumerate() {
-                store_u8(&mut qv[(2 * b + half) * 4 + i], v);
-            }
-        }
-    }
+    let q1 = load_u8(array(&blk[64 * half..]));
+    let q2 = load_u8(array(&blk[64 * half + 32..]));
+    let qh = load_u8(array(&blk[128 + 32 * half..]));
+    let v = [
+        _mm256_or_si256(_mm256_and_si256(q1, m4), high_bits::<0>(qh)),
+        _mm256_or_si256(_mm256_and_si256(q2, m4), high_bits::<2>(qh)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q1), m4), high_bits::<4>(qh)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q2), m4), high_bits::<6>(qh)),
+    ];
+    let q = interleave_narrow(v);
+    Group { q, sign: q, scale: _mm256_mul_ps(_mm256_set1_ps(d), scales), min: _mm256_setzero_ps() }
 }
 
 /// Q6_K's two high bits of each value, 4 values per byte of `qh`: bits `SHIFT` and

@@ -68,7 +68,10 @@ fn main() {
     // Greedy decode of 128 tokens after a short prompt, no stop.
     engine.clear_prefix_cache();
     let short = &prompt[..16];
-    let greedy = GenerateParams { max_new_tokens: 129, ..Default::default() };
+    let greedy = GenerateParams {
+        max_new_tokens: 129,
+        ..Default::default()
+    };
     let g = engine.generate_tokens(short, &greedy, None, None).unwrap();
     let decode_tps = g.decode_steps as f64 / (g.decode_ms / 1e3);
     let greedy_step_ms = g.decode_ms / g.decode_steps as f64;
@@ -77,7 +80,10 @@ fn main() {
     engine.clear_prefix_cache();
     let beams = GenerateParams {
         max_new_tokens: 33,
-        beams: Some(BeamParams { num_beams: 4, ..Default::default() }),
+        beams: Some(BeamParams {
+            num_beams: 4,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let b = engine.generate_tokens(short, &beams, None, None).unwrap();
@@ -87,7 +93,10 @@ fn main() {
     // prefix is cached) vs cold.
     let before = format!("<|fim_prefix|>{}<|fim_suffix|>\n<|fim_middle|>", &code[..1500]);
     let after = format!("<|fim_prefix|>{}x<|fim_suffix|>\n<|fim_middle|>", &code[..1500]);
-    let fim = GenerateParams { max_new_tokens: 16, ..Default::default() };
+    let fim = GenerateParams {
+        max_new_tokens: 16,
+        ..Default::default()
+    };
     let (mut warm_ms, mut cold_ms) = (f64::MAX, f64::MAX);
     for _ in 0..3 {
         engine.clear_prefix_cache();

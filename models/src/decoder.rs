@@ -29,11 +29,7 @@ impl Norm {
 #[derive(Debug, Clone)]
 pub enum Mlp {
     /// `down(silu(gate(x)) * up(x))` (Shazeer 2020).
-    SwiGlu {
-        gate: Linear,
-        up: Linear,
-        down: Linear,
-    },
+    SwiGlu { gate: Linear, up: Linear, down: Linear },
     /// `proj(gelu_tanh(fc(x)))`.
     Gelu { fc: Linear, proj: Linear },
 }
@@ -97,10 +93,7 @@ impl CausalLm for Decoder {
             key_value: nkv,
             dim: hd,
         } = self.heads;
-        let ids: Vec<u32> = batch
-            .iter()
-            .flat_map(|b| b.tokens.iter().copied())
-            .collect();
+        let ids: Vec<u32> = batch.iter().flat_map(|b| b.tokens.iter().copied()).collect();
         // All sequences' new tokens are packed into one `[tokens, hidden]` matrix, so the
         // projections read each weight once per step whatever the batch size.
         let mut x = self.embed.forward(&ids, &self.device)?;
@@ -115,11 +108,7 @@ impl CausalLm for Decoder {
             .collect();
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let (q, k, v) = (
-                block.q.forward(&h)?,
-                block.k.forward(&h)?,
-                block.v.forward(&h)?,
-            );
+            let (q, k, v) = (block.q.forward(&h)?, block.k.forward(&h)?, block.v.forward(&h)?);
             let mut outs = Vec::with_capacity(batch.len());
             let mut start = 0;
             for (item, kv) in batch.iter().zip(new_kv.iter_mut()) {
@@ -166,11 +155,7 @@ impl CausalLm for Decoder {
         let mut out = Vec::with_capacity(batch.len());
         let mut start = 0;
         for (item, (ks, vs)) in batch.iter_mut().zip(new_kv) {
-            let n = if item.all_logits {
-                item.tokens.len()
-            } else {
-                1
-            };
+            let n = if item.all_logits { item.tokens.len() } else { 1 };
             out.push(logits.narrow(0, start, n)?);
             start += n;
             item.cache.append(item.tokens, ks, vs)?;

@@ -107,11 +107,7 @@ impl Engine {
 
     /// Drops every cached prefix.
     pub fn clear_prefix_cache(&self) {
-        self.prefix_cache
-            .lock()
-            .expect("prefix cache lock")
-            .entries
-            .clear();
+        self.prefix_cache.lock().expect("prefix cache lock").entries.clear();
     }
 
     /// Runs the prompt, reusing the longest cached prefix, and remembers the result for
@@ -186,9 +182,7 @@ impl Engine {
         on_text: Option<OnText<'_>>,
     ) -> Result<Generation> {
         if params.max_new_tokens == 0 {
-            return Err(Error::InvalidInput(
-                "max new tokens must be at least 1".into(),
-            ));
+            return Err(Error::InvalidInput("max new tokens must be at least 1".into()));
         }
         let t0 = Instant::now();
         let (prefilled, reused_tokens) = self.prefill(prompt)?;
@@ -204,12 +198,8 @@ impl Engine {
         };
         let t1 = Instant::now();
         let (completions, decode_steps) = match &params.beams {
-            Some(b) if b.num_beams > 1 => {
-                generate::generate_beam(self.model(), prompt, prefilled, params, b, detok)?
-            }
-            _ => {
-                generate::generate_simple(self.model(), vec![Start { prompt, prefilled }], params, detok, on_text)?
-            }
+            Some(b) if b.num_beams > 1 => generate::generate_beam(self.model(), prompt, prefilled, params, b, detok)?,
+            _ => generate::generate_simple(self.model(), vec![Start { prompt, prefilled }], params, detok, on_text)?,
         };
         Ok(Generation {
             completions,
@@ -230,12 +220,18 @@ impl Engine {
         detok: Option<Detokenize<'_>>,
     ) -> Result<Vec<Vec<Completion>>> {
         if params.beams.as_ref().is_some_and(|b| b.num_beams > 1) {
-            return Err(Error::InvalidInput("batched requests use greedy decoding or sampling, not beams".into()));
+            return Err(Error::InvalidInput(
+                "batched requests use greedy decoding or sampling, not beams".into(),
+            ));
         }
         if params.max_new_tokens == 0 {
             return Err(Error::InvalidInput("max new tokens must be at least 1".into()));
         }
-        let room = prompts.iter().map(|p| self.model.info().max_context.saturating_sub(p.len())).min().unwrap_or(0);
+        let room = prompts
+            .iter()
+            .map(|p| self.model.info().max_context.saturating_sub(p.len()))
+            .min()
+            .unwrap_or(0);
         let mut params = params.clone();
         params.max_new_tokens = params.max_new_tokens.min(room.max(1));
         let starts = self

@@ -8,10 +8,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// A file could not be opened or read.
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A model, tokenizer or config file is malformed, truncated or inconsistent.
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },

@@ -148,10 +148,7 @@ pub struct Prefilled {
 }
 
 fn cancelled(params: &GenerateParams) -> bool {
-    params
-        .cancel
-        .as_ref()
-        .is_some_and(|c| c.load(Ordering::Relaxed))
+    params.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
 }
 
 /// Decoded-text bookkeeping shared by all strategies: stop strings and the predicate.
@@ -216,10 +213,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 /// Logits of one row as a vector.
 fn row(logits: &Tensor, i: usize) -> Result<Vec<f32>> {
-    Ok(logits
-        .get(i)?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1()?)
+    Ok(logits.get(i)?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }
 
 /// Runs one decode step for several sequences in one batch; returns `[n, vocab]` logits.
@@ -287,12 +281,7 @@ pub fn generate_simple(
                     top_k,
                     top_p,
                     seed,
-                } => Some(Sampler::new(
-                    temperature,
-                    top_k,
-                    top_p,
-                    seed.wrapping_add(i as u64),
-                )),
+                } => Some(Sampler::new(temperature, top_k, top_p, seed.wrapping_add(i as u64))),
             },
         })
         .collect();
@@ -412,11 +401,8 @@ impl Hypotheses {
     fn add(&mut self, c: Completion) {
         if self.items.len() < self.capacity || c.score > self.worst() {
             self.items.push(c);
-            self.items.sort_by(|a, b| {
-                b.score
-                    .partial_cmp(&a.score)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            });
+            self.items
+                .sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
             self.items.truncate(self.capacity);
         }
     }
@@ -501,10 +487,7 @@ pub fn generate_beam(
             let mut tokens = beams[bi].tokens.clone();
             tokens.push(tok);
             let (finish, text) = if params.eos_ids.contains(&tok) {
-                (
-                    Some(FinishReason::Eos),
-                    check.check(&tokens[..tokens.len() - 1])?.0,
-                )
+                (Some(FinishReason::Eos), check.check(&tokens[..tokens.len() - 1])?.0)
             } else {
                 let (mut text, cut) = check.check(&tokens)?;
                 match cut {

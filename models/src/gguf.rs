@@ -241,8 +241,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.count(what, 1)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| self.err(format!("{what} is not valid UTF-8")))
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("{what} is not valid UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<MetaValue> {
@@ -265,9 +264,8 @@ impl<'a> Cursor<'a> {
                     return Err(self.err(format!("metadata {key}: arrays nested too deeply")));
                 }
                 let elem_ty = self.u32(key)?;
-                let min = min_value_size(elem_ty).ok_or_else(|| {
-                    self.err(format!("metadata {key}: unknown value type {elem_ty}"))
-                })?;
+                let min = min_value_size(elem_ty)
+                    .ok_or_else(|| self.err(format!("metadata {key}: unknown value type {elem_ty}")))?;
                 let n = self.count(key, min)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -337,10 +335,7 @@ impl GgufFile {
             Some(v) => match v.as_u64() {
                 Some(a) if a.is_power_of_two() && (8..=1 << 20).contains(&a) => a,
                 _ => {
-                    return Err(Error::format(
-                        path,
-                        format!("invalid general.alignment {v:?}"),
-                    ));
+                    return Err(Error::format(path, format!("invalid general.alignment {v:?}")));
                 }
             },
         };
@@ -371,14 +366,12 @@ impl GgufFile {
         let mut tensors = Vec::with_capacity(n_tensors);
         let mut index = HashMap::with_capacity(n_tensors);
         for (name, mut dims, type_id, rel_offset) in infos {
-            let dtype = ggml_dtype(type_id)
-                .map_err(|t| Error::unsupported(format!("{}: tensor {name}", path.display()), t))?;
+            let dtype =
+                ggml_dtype(type_id).map_err(|t| Error::unsupported(format!("{}: tensor {name}", path.display()), t))?;
             let elems = dims
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| {
-                    Error::format(path, format!("tensor {name}: element count overflows"))
-                })?;
+                .ok_or_else(|| Error::format(path, format!("tensor {name}: element count overflows")))?;
             if dims[0] % dtype.block_size() != 0 {
                 return Err(Error::format(
                     path,
@@ -391,9 +384,7 @@ impl GgufFile {
             }
             let size = (elems / dtype.block_size())
                 .checked_mul(dtype.type_size())
-                .ok_or_else(|| {
-                    Error::format(path, format!("tensor {name}: byte size overflows"))
-                })?;
+                .ok_or_else(|| Error::format(path, format!("tensor {name}: byte size overflows")))?;
             if rel_offset % alignment != 0 {
                 return Err(Error::format(
                     path,
@@ -462,10 +453,7 @@ impl GgufFile {
     fn missing(&self, key: &str, want: &str) -> Error {
         match self.metadata.get(key) {
             None => Error::format(&self.path, format!("metadata {key} is missing")),
-            Some(v) => Error::format(
-                &self.path,
-                format!("metadata {key} is {v:?}, expected {want}"),
-            ),
+            Some(v) => Error::format(&self.path, format!("metadata {key} is {v:?}, expected {want}")),
         }
     }
 
@@ -515,12 +503,7 @@ impl GgufFile {
         // candle reinterprets the bytes as blocks; all ggml block types need at most
         // 4-byte alignment, which the (>= 8) GGUF data alignment guarantees.
         debug_assert_eq!(bytes.as_ptr() as usize % 4, 0);
-        Ok(qtensor_from_ggml(
-            info.dtype,
-            bytes,
-            info.dims.clone(),
-            device,
-        )?)
+        Ok(qtensor_from_ggml(info.dtype, bytes, info.dims.clone(), device)?)
     }
 
     /// A tensor dequantized to f32 on `device`.
@@ -562,9 +545,7 @@ impl GgufFile {
                     .map(|t| {
                         t.as_i64()
                             .and_then(|t| i32::try_from(t).ok())
-                            .ok_or_else(|| {
-                                self.missing("tokenizer.ggml.token_type", "an array of integers")
-                            })
+                            .ok_or_else(|| self.missing("tokenizer.ggml.token_type", "an array of integers"))
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
@@ -576,9 +557,9 @@ impl GgufFile {
                     .ok_or_else(|| self.missing("tokenizer.ggml.scores", "an array"))?
                     .iter()
                     .map(|t| {
-                        t.as_f64().map(|f| f as f32).ok_or_else(|| {
-                            self.missing("tokenizer.ggml.scores", "an array of numbers")
-                        })
+                        t.as_f64()
+                            .map(|f| f as f32)
+                            .ok_or_else(|| self.missing("tokenizer.ggml.scores", "an array of numbers"))
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
@@ -602,12 +583,8 @@ impl GgufFile {
             eot_id: opt_id("tokenizer.ggml.eot_token_id")?,
             pad_id: opt_id("tokenizer.ggml.padding_token_id")?,
             unk_id: opt_id("tokenizer.ggml.unknown_token_id")?,
-            add_bos: self
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(MetaValue::as_bool),
-            add_space_prefix: self
-                .get("tokenizer.ggml.add_space_prefix")
-                .and_then(MetaValue::as_bool),
+            add_bos: self.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool),
+            add_space_prefix: self.get("tokenizer.ggml.add_space_prefix").and_then(MetaValue::as_bool),
         })
     }
 }

@@ -76,9 +76,8 @@ impl SeqCache {
             self.blocks.truncate(full_blocks);
         } else {
             let last = &self.blocks[full_blocks];
-            let narrow = |ts: &[Tensor]| -> Result<Vec<Tensor>> {
-                ts.iter().map(|t| Ok(t.narrow(1, 0, rest)?)).collect()
-            };
+            let narrow =
+                |ts: &[Tensor]| -> Result<Vec<Tensor>> { ts.iter().map(|t| Ok(t.narrow(1, 0, rest)?)).collect() };
             let block = Block {
                 keys: narrow(&last.keys)?,
                 values: narrow(&last.values)?,
@@ -93,12 +92,7 @@ impl SeqCache {
 
     /// The cached keys and values of `layer` followed by `new_k`/`new_v`, as contiguous
     /// `[kv_heads, cached + new, head_dim]` tensors, ready for attention.
-    pub fn gather_with(
-        &self,
-        layer: usize,
-        new_k: &Tensor,
-        new_v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn gather_with(&self, layer: usize, new_k: &Tensor, new_v: &Tensor) -> Result<(Tensor, Tensor)> {
         if self.blocks.is_empty() {
             return Ok((new_k.contiguous()?, new_v.contiguous()?));
         }
@@ -135,9 +129,7 @@ impl SeqCache {
             } else {
                 let take = BLOCK_TOKENS.min(n - done);
                 let slice = |ts: &[Tensor]| -> Result<Vec<Tensor>> {
-                    ts.iter()
-                        .map(|t| Ok(t.narrow(1, done, take)?.contiguous()?))
-                        .collect()
+                    ts.iter().map(|t| Ok(t.narrow(1, done, take)?.contiguous()?)).collect()
                 };
                 self.blocks.push(Arc::new(Block {
                     keys: slice(&keys)?,
@@ -148,10 +140,7 @@ impl SeqCache {
             }
         }
         self.tokens.extend_from_slice(tokens);
-        debug_assert_eq!(
-            self.blocks.iter().map(|b| b.len).sum::<usize>(),
-            self.tokens.len()
-        );
+        debug_assert_eq!(self.blocks.iter().map(|b| b.len).sum::<usize>(), self.tokens.len());
         Ok(())
     }
 
@@ -181,10 +170,7 @@ mod tests {
             .unwrap()
             .reshape((1, n, 1))
             .unwrap();
-        (
-            vec![t.clone(), (t.clone() * 2.0).unwrap()],
-            vec![(t * 3.0).unwrap(); 2],
-        )
+        (vec![t.clone(), (t.clone() * 2.0).unwrap()], vec![(t * 3.0).unwrap(); 2])
     }
 
     fn layer0(c: &SeqCache) -> Vec<f32> {

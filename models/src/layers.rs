@@ -89,8 +89,7 @@ impl Rotary {
                 } else if wavelen > low_wavelen {
                     *f / s.factor
                 } else {
-                    let smooth = (s.original_max_position_embeddings as f64 / wavelen
-                        - s.low_freq_factor)
+                    let smooth = (s.original_max_position_embeddings as f64 / wavelen - s.low_freq_factor)
                         / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * *f / s.factor + smooth * *f
                 };
@@ -149,9 +148,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = if n > 1 {
         let mask: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
-            })
+            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
         let mask = Tensor::from_vec(mask, (1, n, total), q.device())?;
         scores
@@ -193,9 +190,7 @@ pub fn attend(rotary: &Rotary, inp: AttentionInput<'_>) -> Result<(Tensor, Tenso
 /// Splits `[n, heads * head_dim]` into `[heads, n, head_dim]`.
 pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
     let n = x.dim(0)?;
-    Ok(x.reshape((n, heads, head_dim))?
-        .transpose(0, 1)?
-        .contiguous()?)
+    Ok(x.reshape((n, heads, head_dim))?.transpose(0, 1)?.contiguous()?)
 }
 
 /// Log-softmax over the last dimension.

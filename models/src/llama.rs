@@ -65,8 +65,7 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     pub fn rope_theta(&self) -> f64 {
@@ -97,14 +96,10 @@ impl LlamaConfig {
                 factor: num("factor").unwrap_or(8.0),
                 low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
                 high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
-                original_max_position_embeddings: num("original_max_position_embeddings")
-                    .unwrap_or(8192.0) as usize,
+                original_max_position_embeddings: num("original_max_position_embeddings").unwrap_or(8192.0) as usize,
             })),
             "default" | "" => Ok(None),
-            other => Err(Error::unsupported(
-                "config.json",
-                format!("rope_scaling type {other}"),
-            )),
+            other => Err(Error::unsupported("config.json", format!("rope_scaling type {other}"))),
         }
     }
 
@@ -121,10 +116,7 @@ impl LlamaConfig {
             ));
         }
         if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
-            return bad(format!(
-                "head dimension {} must be even and positive",
-                self.head_dim()
-            ));
+            return bad(format!("head dimension {} must be even and positive", self.head_dim()));
         }
         if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.hidden_size == 0 {
             return bad("config declares an empty model".into());
@@ -233,11 +225,7 @@ impl Llama {
         let (embed_name, norm_name, head_name) = if gguf {
             ("token_embd.weight", "output_norm.weight", "output.weight")
         } else {
-            (
-                "model.embed_tokens.weight",
-                "model.norm.weight",
-                "lm_head.weight",
-            )
+            ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
         };
         let embed = store.embedding(embed_name, cfg.vocab_size, h, device)?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
@@ -264,10 +252,7 @@ impl Llama {
                 },
             });
         }
-        let norm = Norm::Rms(RmsNorm::new(
-            store.tensor(norm_name, &[h], device)?,
-            cfg.rms_norm_eps,
-        ));
+        let norm = Norm::Rms(RmsNorm::new(store.tensor(norm_name, &[h], device)?, cfg.rms_norm_eps));
         let lm_head = if store.contains(head_name) {
             Linear::from_qmatmul(store.matrix(head_name, cfg.vocab_size, h, device)?, None)
         } else {
@@ -340,8 +325,7 @@ impl Llama {
     pub fn from_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let cfg: LlamaConfig =
-            serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+        let cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
         let store = WeightStore::open_safetensors_dir(dir)?;
         Self::load(cfg, &store, device)
     }

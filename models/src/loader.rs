@@ -77,16 +77,12 @@ fn looks_like_hub_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                && !p.starts_with('.')
+            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.')
         })
 }
 
 fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
 }
 
 fn hub_cache() -> hf_hub::Cache {
@@ -131,11 +127,9 @@ fn locate_hub(id: &str) -> Result<ModelLocation> {
         .map_err(|e| Error::ModelNotFound(format!("{id}: {e}")))?;
     let remote = api.model(id.to_owned());
     let get = |f: &str| {
-        remote.get(f).map_err(|e| {
-            Error::ModelNotFound(format!(
-                "{id}: cannot fetch {f} from the Hugging Face hub: {e}"
-            ))
-        })
+        remote
+            .get(f)
+            .map_err(|e| Error::ModelNotFound(format!("{id}: cannot fetch {f} from the Hugging Face hub: {e}")))
     };
     let config = get("config.json")?;
     get("tokenizer.json")?;
@@ -147,11 +141,7 @@ fn locate_hub(id: &str) -> Result<ModelLocation> {
             let shards: std::collections::BTreeSet<String> = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .map(|m| {
-                    m.values()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
+                .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_owned)).collect())
                 .unwrap_or_default();
             for s in shards {
                 get(&s)?;
@@ -235,8 +225,12 @@ pub struct TextModel {
 fn checkpoint_eos_ids(dir: &Path) -> Vec<u32> {
     let mut ids = Vec::new();
     for name in ["generation_config.json", "config.json"] {
-        let Ok(text) = std::fs::read_to_string(dir.join(name)) else { continue };
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(dir.join(name)) else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
         match json.get("eos_token_id") {
             Some(serde_json::Value::Number(n)) => ids.extend(n.as_u64().map(|v| v as u32)),
             Some(serde_json::Value::Array(a)) => ids.extend(a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32)),
@@ -250,12 +244,8 @@ fn checkpoint_eos_ids(dir: &Path) -> Vec<u32> {
 pub fn load_checkpoint_model(dir: &Path, device: &Device) -> Result<Arc<dyn CausalLm>> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
-    let model_type = json
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+    let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
     Ok(match model_type {
         "llama" | "mistral" | "qwen2" => Arc::new(Llama::from_dir(dir, device)?),
         "starcoder2" => Arc::new(StarCoder2::from_dir(dir, device)?),
@@ -340,12 +330,7 @@ impl TextModel {
     }
 
     /// Generates from text. With no eos ids in `params`, the tokenizer's are used.
-    pub fn generate(
-        &self,
-        prompt: &str,
-        params: &GenerateParams,
-        on_text: Option<OnText<'_>>,
-    ) -> Result<Generation> {
+    pub fn generate(&self, prompt: &str, params: &GenerateParams, on_text: Option<OnText<'_>>) -> Result<Generation> {
         let ids = self.encode(prompt)?;
         let mut params = params.clone();
         if params.eos_ids.is_empty() {
@@ -353,7 +338,6 @@ impl TextModel {
         }
         let tok = self.tokenizer.clone();
         let detok = move |ids: &[u32]| tok.decode(ids, true);
-        self.engine
-            .generate_tokens(&ids, &params, Some(&detok), on_text)
+        self.engine.generate_tokens(&ids, &params, Some(&detok), on_text)
     }
 }

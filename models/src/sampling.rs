@@ -101,10 +101,7 @@ impl Sampler {
         let mut cands = top_k(logits, k);
         let t = self.temperature;
         let max = cands[0].1;
-        let mut probs: Vec<f64> = cands
-            .iter()
-            .map(|&(_, l)| (((l - max) / t) as f64).exp())
-            .collect();
+        let mut probs: Vec<f64> = cands.iter().map(|&(_, l)| (((l - max) / t) as f64).exp()).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if let Some(p) = self.top_p.filter(|&p| p > 0.0 && p < 1.0) {

@@ -174,11 +174,7 @@ impl StarCoder2 {
             });
         }
         let final_norm = norm(if gguf { "output_norm" } else { "model.norm" })?;
-        let head_name = if gguf {
-            "output.weight"
-        } else {
-            "lm_head.weight"
-        };
+        let head_name = if gguf { "output.weight" } else { "lm_head.weight" };
         let lm_head = if store.contains(head_name) {
             Linear::from_qmatmul(store.matrix(head_name, cfg.vocab_size, h, device)?, None)
         } else {
@@ -227,8 +223,7 @@ impl StarCoder2 {
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let cfg: StarCoder2Config =
-            serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
+        let cfg: StarCoder2Config = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
         Self::load(cfg, &WeightStore::open_safetensors_dir(dir)?, device)
     }
 

@@ -30,9 +30,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::{Error, Result};
 
@@ -65,14 +63,14 @@ const BEGIN_OF_SEQUENCE: &[&str] = &["<|begin_of_text|>", "<s>", "<bos>", "<|sta
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Qwen2's split, from its `tokenizer.json`: Llama 3's but with single digits.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Mistral's Tekken split, from its `tokenizer.json`.
 const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// DeepSeek Coder's splits, applied one after another, from its `tokenizer.json`.
-const DEEPSEEK_CODER_SPLITS: &[&str] =
-    &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+"];
+const DEEPSEEK_CODER_SPLITS: &[&str] = &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+"];
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_UNKNOWN: i32 = 2;
@@ -154,11 +152,7 @@ impl Tokenizer {
             .filter(|(_, token)| token.special)
             .map(|(id, _)| *id)
             .collect();
-        let vocab_size = inner
-            .get_vocab(true)
-            .values()
-            .max()
-            .map_or(0, |max| *max as usize + 1);
+        let vocab_size = inner.get_vocab(true).values().max().map_or(0, |max| *max as usize + 1);
 
         // The post-processor decides what `add_special` adds; what it puts in front of an
         // empty text is the BOS token, if any.
@@ -283,8 +277,7 @@ impl Tokenizer {
                 // starts with a space.
                 let add_prefix = vocab.add_space_prefix.unwrap_or(true);
                 let replace = |from: &str, to: &str| {
-                    Replace::new(from, to)
-                        .map_err(|e| Error::Tokenizer(format!("sentencepiece {from:?}: {e}")))
+                    Replace::new(from, to).map_err(|e| Error::Tokenizer(format!("sentencepiece {from:?}: {e}")))
                 };
                 let mut normalizers = Vec::new();
                 if add_prefix {
@@ -329,9 +322,8 @@ impl Tokenizer {
         let mut user_defined = Vec::new();
         for (id, token) in tokens.iter().enumerate() {
             let kind = type_of(id);
-            let is_special = kind == TOKEN_TYPE_CONTROL
-                || kind == TOKEN_TYPE_UNKNOWN
-                || named_eog.contains(&(id as u32));
+            let is_special =
+                kind == TOKEN_TYPE_CONTROL || kind == TOKEN_TYPE_UNKNOWN || named_eog.contains(&(id as u32));
             // Only the id that owns the text can be an added token: a shadowed duplicate
             // would make the added vocabulary point at the wrong id.
             if inner.token_to_id(token) != Some(id as u32) {
@@ -484,9 +476,7 @@ impl StreamDecoder<'_> {
     fn emit(&mut self, emitted: &str, window: &str) -> Option<String> {
         // Decoders we know only ever append; if one rewrote earlier text, hold back until
         // `flush` rather than emit text that contradicts what was already sent.
-        let delta = window
-            .strip_prefix(emitted)
-            .filter(|delta| !delta.is_empty())?;
+        let delta = window.strip_prefix(emitted).filter(|delta| !delta.is_empty())?;
         self.text.push_str(delta);
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
@@ -533,21 +523,15 @@ impl ByteLevelSplit {
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => {
                 split(Splits::Regexes(&[LLAMA3_SPLIT]), true, false, true)
             }
-            "dbrx" | "smaug-bpe" | "chatglm-bpe" => {
-                split(Splits::Regexes(&[LLAMA3_SPLIT]), false, false, false)
-            }
+            "dbrx" | "smaug-bpe" | "chatglm-bpe" => split(Splits::Regexes(&[LLAMA3_SPLIT]), false, false, false),
             "qwen2" | "stablelm2" | "deepseek-r1-qwen" | "megrez" => {
                 split(Splits::Regexes(&[QWEN2_SPLIT]), false, true, false)
             }
             "tekken" => split(Splits::Regexes(&[TEKKEN_SPLIT]), true, false, true),
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
-            | "minerva-7b" => split(Splits::DigitsThenGpt2, false, false, false),
-            "deepseek-coder" => split(
-                Splits::RegexesThenDigits(DEEPSEEK_CODER_SPLITS),
-                false,
-                false,
-                false,
-            ),
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+                split(Splits::DigitsThenGpt2, false, false, false)
+            }
+            "deepseek-coder" => split(Splits::RegexesThenDigits(DEEPSEEK_CODER_SPLITS), false, false, false),
             "default" | "gpt-2" | "gpt2" | "phi-2" | "roberta-bpe" | "olmo" | "mpt" | "jais" => {
                 split(Splits::Gpt2, false, false, false)
             }
@@ -576,26 +560,17 @@ impl ByteLevelSplit {
         let bytes_only = PreTokenizerWrapper::from(ByteLevel::new(false, false, false));
         let steps = match &self.splits {
             Splits::Regexes(patterns) => {
-                let mut steps = patterns
-                    .iter()
-                    .map(|p| regex(p))
-                    .collect::<Result<Vec<_>>>()?;
+                let mut steps = patterns.iter().map(|p| regex(p)).collect::<Result<Vec<_>>>()?;
                 steps.push(bytes_only);
                 steps
             }
             Splits::RegexesThenDigits(patterns) => {
-                let mut steps = patterns
-                    .iter()
-                    .map(|p| regex(p))
-                    .collect::<Result<Vec<_>>>()?;
+                let mut steps = patterns.iter().map(|p| regex(p)).collect::<Result<Vec<_>>>()?;
                 steps.push(Digits::new(true).into());
                 steps.push(bytes_only);
                 steps
             }
-            Splits::DigitsThenGpt2 => vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ],
+            Splits::DigitsThenGpt2 => vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()],
             Splits::Gpt2 => return Ok(ByteLevel::new(false, true, true).into()),
         };
         Ok(PreTokenizerSequence::new(steps).into())
@@ -825,12 +800,10 @@ mod tests {
             pre: Some("qwen2".into()),
             tokens,
             token_types: Some(types),
-            merges: [
-                "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            merges: ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             bos_id: Some(17),
             eos_id: Some(18),
             ..GgufVocab::default()
@@ -853,10 +826,7 @@ mod tests {
         );
         // add_bos is absent and qwen2 does not add one by default.
         assert_eq!(tok.encode("hello", true).unwrap(), vec![11]);
-        assert_eq!(
-            tok.decode(&[11, 16, 18], false).unwrap(),
-            "hello world<|im_end|>"
-        );
+        assert_eq!(tok.decode(&[11, 16, 18], false).unwrap(), "hello world<|im_end|>");
         assert_eq!(tok.decode(&[11, 16, 18], true).unwrap(), "hello world");
         // <tool_call> is user-defined, not special: it survives skip_special.
         assert_eq!(tok.decode(&[19], true).unwrap(), "<tool_call>");
@@ -1046,20 +1016,10 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0];
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let merges = merges_from_scores(&tokens, &scores, &vocab);
-        let merges: Vec<(&str, &str)> = merges
-            .iter()
-            .map(|(l, r)| (l.as_str(), r.as_str()))
-            .collect();
+        let merges: Vec<(&str, &str)> = merges.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         // bc (-1) before ab (-2) before abc (-3), whose longer left part goes first.
-        assert_eq!(
-            merges,
-            vec![("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]
-        );
+        assert_eq!(merges, vec![("b", "c"), ("a", "b"), ("ab", "c"), ("a", "bc")]);
     }
 }

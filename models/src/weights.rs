@@ -50,9 +50,7 @@ impl WeightStore {
                 let file = file
                     .as_str()
                     .filter(|f| !f.contains("..") && !f.starts_with('/'))
-                    .ok_or_else(|| {
-                        Error::format(&index, format!("tensor {name}: bad shard name"))
-                    })?;
+                    .ok_or_else(|| Error::format(&index, format!("tensor {name}: bad shard name")))?;
                 shards.insert(file.to_owned());
             }
             shards.into_iter().map(|f| dir.join(f)).collect()
@@ -66,10 +64,7 @@ impl WeightStore {
         };
         for f in &files {
             if !f.exists() {
-                return Err(Error::format(
-                    &index,
-                    format!("shard {} is missing", f.display()),
-                ));
+                return Err(Error::format(&index, format!("shard {} is missing", f.display())));
             }
         }
         // SAFETY: read-only maps of checkpoint files that are not modified while loaded.
@@ -94,9 +89,7 @@ impl WeightStore {
     pub fn total_bytes(&self) -> usize {
         match self {
             WeightStore::Gguf(g) => g.tensor_infos().iter().map(|t| t.size).sum(),
-            WeightStore::Safetensors { files, .. } => {
-                files.tensors().iter().map(|(_, v)| v.data().len()).sum()
-            }
+            WeightStore::Safetensors { files, .. } => files.tensors().iter().map(|(_, v)| v.data().len()).sum(),
         }
     }
 
@@ -154,20 +147,12 @@ impl WeightStore {
                 self.check_shape(name, &info.dims, &[out, inp])?;
                 Ok(QMatMul::from_arc(Arc::new(g.qtensor(name, device)?))?)
             }
-            WeightStore::Safetensors { .. } => {
-                Ok(QMatMul::Tensor(self.tensor(name, &[out, inp], device)?))
-            }
+            WeightStore::Safetensors { .. } => Ok(QMatMul::Tensor(self.tensor(name, &[out, inp], device)?)),
         }
     }
 
     /// An embedding table `[vocab, dim]`.
-    pub fn embedding(
-        &self,
-        name: &str,
-        vocab: usize,
-        dim: usize,
-        device: &Device,
-    ) -> Result<Embedding> {
+    pub fn embedding(&self, name: &str, vocab: usize, dim: usize, device: &Device) -> Result<Embedding> {
         match self {
             WeightStore::Gguf(g) if device.is_cpu() => {
                 let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
@@ -178,11 +163,7 @@ impl WeightStore {
                     dim,
                 })
             }
-            _ => Ok(Embedding::Dense(self.tensor(
-                name,
-                &[vocab, dim],
-                device,
-            )?)),
+            _ => Ok(Embedding::Dense(self.tensor(name, &[vocab, dim], device)?)),
         }
     }
 }
@@ -198,14 +179,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(
-        store: &WeightStore,
-        name: &str,
-        out: usize,
-        inp: usize,
-        bias: bool,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn load(store: &WeightStore, name: &str, out: usize, inp: usize, bias: bool, device: &Device) -> Result<Self> {
         let weight = store.matrix(&format!("{name}.weight"), out, inp, device)?;
         let bias = if bias {
             Some(store.tensor(&format!("{name}.bias"), &[out], device)?)
@@ -225,9 +199,7 @@ impl Linear {
             QMatMul::Tensor(w) => x.matmul(&w.t()?)?,
             // A long prefill is compute-bound: dequantizing the matrix once and running a
             // dense GEMM beats block-by-block dot products many times over.
-            QMatMul::QTensor(q) if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => {
-                x.matmul(&q.dequantize(x.device())?.t()?)?
-            }
+            QMatMul::QTensor(q) if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => x.matmul(&q.dequantize(x.device())?.t()?)?,
             q => x.apply(q)?,
         };
         Ok(match &self.bias {
@@ -279,12 +251,8 @@ impl Embedding {
                     .map(|&id| {
                         let start = id as usize * row_bytes;
                         let raw = &data[start..start + row_bytes];
-                        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                            dtype,
-                            raw,
-                            vec![*dim],
-                            &Device::Cpu,
-                        )?;
+                        let q =
+                            candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, raw, vec![*dim], &Device::Cpu)?;
                         q.dequantize(&Device::Cpu)
                     })
                     .collect::<candle_core::Result<Vec<_>>>()?;
@@ -297,9 +265,7 @@ impl Embedding {
     pub fn as_linear(&self) -> Result<Linear> {
         Ok(match self {
             Embedding::Dense(t) => Linear::from_qmatmul(QMatMul::Tensor(t.clone()), None),
-            Embedding::Quantized { table, .. } => {
-                Linear::from_qmatmul(QMatMul::from_arc(table.clone())?, None)
-            }
+            Embedding::Quantized { table, .. } => Linear::from_qmatmul(QMatMul::from_arc(table.clone())?, None),
         })
     }
 }

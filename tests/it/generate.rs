@@ -25,11 +25,7 @@ fn stderr(o: &Output) -> String {
 fn fails_with(args: &[&str], needles: &[&str]) {
     let o = run(args);
     let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "exit code for {args:?}; stderr: {err}"
-    );
+    assert_eq!(o.status.code(), Some(2), "exit code for {args:?}; stderr: {err}");
     for n in needles {
         assert!(err.contains(n), "{args:?}: stderr lacks {n:?}: {err}");
     }
@@ -55,10 +51,7 @@ fn json_output_has_completions_usage_and_timings() {
     let completions = v["completions"].as_array().unwrap();
     assert_eq!(completions.len(), 2);
     assert!(
-        completions[0]["text"]
-            .as_str()
-            .unwrap()
-            .starts_with("n % 2 == 0"),
+        completions[0]["text"].as_str().unwrap().starts_with("n % 2 == 0"),
         "{v}"
     );
     assert!(completions[0]["score"].as_f64().unwrap() >= completions[1]["score"].as_f64().unwrap());
@@ -79,26 +72,13 @@ fn json_output_has_completions_usage_and_timings() {
 #[test]
 fn plain_output_is_the_best_completion_and_stdin_prompts_work() {
     let mut child = tessera()
-        .args([
-            "generate",
-            "--prompt",
-            "-",
-            "--max-tokens",
-            "16",
-            "--stop",
-            "\n",
-        ])
+        .args(["generate", "--prompt", "-", "--max-tokens", "16", "--stop", "\n"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(FIM.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(FIM.as_bytes()).unwrap();
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(String::from_utf8(o.stdout).unwrap(), "n % 2 == 0\n");
@@ -182,13 +162,7 @@ fn hub_ids_resolve_from_the_local_cache_offline() {
     // Not in the cache and offline: says so.
     let o = tessera()
         .env("HF_HOME", home.path())
-        .args([
-            "generate",
-            "--model",
-            "tessera-test/absent",
-            "--prompt",
-            "hello",
-        ])
+        .args(["generate", "--model", "tessera-test/absent", "--prompt", "hello"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
@@ -202,13 +176,7 @@ fn hub_ids_resolve_from_the_local_cache_offline() {
 #[test]
 fn bad_input_is_a_clear_error_with_exit_code_2() {
     fails_with(
-        &[
-            "generate",
-            "--model",
-            "/nonexistent/model.gguf",
-            "--prompt",
-            "x",
-        ],
+        &["generate", "--model", "/nonexistent/model.gguf", "--prompt", "x"],
         &["/nonexistent/model.gguf"],
     );
     fails_with(
@@ -216,23 +184,14 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
         &["no-such-model", "not a fetched model"],
     );
     fails_with(&["generate", "--prompt", ""], &["prompt is empty"]);
-    fails_with(
-        &["generate", "--prompt", "x", "--device", "cuda:0"],
-        &["cuda:0"],
-    );
+    fails_with(&["generate", "--prompt", "x", "--device", "cuda:0"], &["cuda:0"]);
     fails_with(&["generate", "--bogus-flag"], &["--bogus-flag"]);
 
     let dir = tempfile::tempdir().unwrap();
     let not_gguf = dir.path().join("notes.gguf");
     std::fs::write(&not_gguf, "just some text, not a model").unwrap();
     fails_with(
-        &[
-            "generate",
-            "--model",
-            not_gguf.to_str().unwrap(),
-            "--prompt",
-            "x",
-        ],
+        &["generate", "--model", not_gguf.to_str().unwrap(), "--prompt", "x"],
         &["notes.gguf", "not a GGUF file"],
     );
 
@@ -245,25 +204,13 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
     let truncated = dir.path().join("truncated.gguf");
     std::fs::write(&truncated, &real[..real.len() / 3]).unwrap();
     fails_with(
-        &[
-            "generate",
-            "--model",
-            truncated.to_str().unwrap(),
-            "--prompt",
-            "x",
-        ],
+        &["generate", "--model", truncated.to_str().unwrap(), "--prompt", "x"],
         &["truncated.gguf", "declares"],
     );
     let headless = dir.path().join("headless.gguf");
     std::fs::write(&headless, &real[..4096]).unwrap();
     fails_with(
-        &[
-            "generate",
-            "--model",
-            headless.to_str().unwrap(),
-            "--prompt",
-            "x",
-        ],
+        &["generate", "--model", headless.to_str().unwrap(), "--prompt", "x"],
         &["headless.gguf", "truncated"],
     );
 

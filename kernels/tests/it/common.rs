@@ -42,7 +42,12 @@ impl Weight {
         let w = Tensor::from_vec(random_values(n * k, seed), (n, k), &Device::Cpu).unwrap();
         let qtensor = QTensor::quantize(&w, ggml_dtype(ty)).unwrap();
         let bytes = qtensor.data().unwrap().into_owned();
-        Weight { n, k, bytes, qtensor: std::sync::Arc::new(qtensor) }
+        Weight {
+            n,
+            k,
+            bytes,
+            qtensor: std::sync::Arc::new(qtensor),
+        }
     }
 
     /// candle's quantized product, `x: [rows, k]`.

@@ -11,7 +11,14 @@ fn every_size_is_checked_before_use() {
     assert!(quantized_matmul(ty, &w, n, k, &x, rows, &mut y).is_ok());
 
     let err = quantized_matmul(ty, &w, n, 500, &x, rows, &mut y).unwrap_err();
-    assert_eq!(err, Error::KNotBlockAligned { ty, k: 500, block_size: 256 });
+    assert_eq!(
+        err,
+        Error::KNotBlockAligned {
+            ty,
+            k: 500,
+            block_size: 256
+        }
+    );
     let err = quantized_matmul(ty, &w[1..], n, k, &x, rows, &mut y).unwrap_err();
     assert_eq!(err.to_string(), "Q6K weight [3, 512]: expected 1260 bytes, got 1259");
     let err = quantized_matmul(ty, &w, n, k, &x[1..], rows, &mut y).unwrap_err();
@@ -27,8 +34,7 @@ fn every_size_is_checked_before_use() {
 #[test]
 fn unavailable_instruction_sets_are_errors() {
     for isa in Isa::ALL.into_iter().filter(|isa| !isa.is_available()) {
-        let err = quantized_matmul_with(isa, QuantType::Q8_0, &[0; 34], 1, 32, &[0.0; 32], 1, &mut [0.0])
-            .unwrap_err();
+        let err = quantized_matmul_with(isa, QuantType::Q8_0, &[0; 34], 1, 32, &[0.0; 32], 1, &mut [0.0]).unwrap_err();
         assert_eq!(err, Error::IsaUnavailable(isa));
     }
 }

@@ -14,9 +14,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn load_fixture_llama(name: &str) -> Arc<Llama> {
-    Arc::new(
-        Llama::from_dir(&fixture(name), &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}")),
-    )
+    Arc::new(Llama::from_dir(&fixture(name), &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}")))
 }
 
 /// An engine over any fixture checkpoint, dispatched on its `model_type`.
@@ -50,9 +48,7 @@ pub struct Expected {
 }
 
 pub fn expected(name: &str) -> Expected {
-    let t =
-        candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu)
-            .unwrap();
+    let t = candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu).unwrap();
     let ids = |k: &str| -> Vec<i64> { t[k].flatten_all().unwrap().to_vec1::<i64>().unwrap() };
     let input = t["input_ids"].to_dtype(candle_core::DType::I64).unwrap();
     let input_ids = input
@@ -66,10 +62,6 @@ pub fn expected(name: &str) -> Expected {
         logits: t["logits"].clone(),
         greedy: ids("greedy").into_iter().map(|x| x as u32).collect(),
         beam4: ids("beam4").into_iter().map(|x| x as u32).collect(),
-        beam4_score: t["beam4_score"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()[0],
+        beam4_score: t["beam4_score"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0],
     }
 }

@@ -39,10 +39,7 @@ fn logits_with_kv_cache_equal_logits_without() {
         }
         let warm = Tensor::cat(&rows, 0).unwrap();
         let diff = max_abs_diff(&cold, &warm);
-        assert!(
-            diff <= TOL,
-            "{name}: cached vs uncached logits differ by {diff}"
-        );
+        assert!(diff <= TOL, "{name}: cached vs uncached logits differ by {diff}");
         assert_eq!(cache.tokens(), &ids[..]);
     }
 }
@@ -87,14 +84,8 @@ fn batched_sequences_equal_sequences_run_one_by_one() {
         let e = Engine::new(model.clone());
         let full_a = e.logits(a).unwrap().narrow(0, 4, a.len() - 4).unwrap();
         let full_b = e.logits(b).unwrap().narrow(0, 7, b.len() - 7).unwrap();
-        assert!(
-            max_abs_diff(&out[0], &full_a) <= TOL,
-            "{name}: first sequence"
-        );
-        assert!(
-            max_abs_diff(&out[1], &full_b) <= TOL,
-            "{name}: second sequence"
-        );
+        assert!(max_abs_diff(&out[0], &full_a) <= TOL, "{name}: first sequence");
+        assert!(max_abs_diff(&out[1], &full_b) <= TOL, "{name}: second sequence");
     }
 }
 
@@ -120,9 +111,7 @@ fn one_beam_equals_greedy() {
             ..Default::default()
         };
         let g = e.generate_tokens(&prompt(), &greedy, None, None).unwrap();
-        let b = e
-            .generate_tokens(&prompt(), &beam(1, 1, 10), None, None)
-            .unwrap();
+        let b = e.generate_tokens(&prompt(), &beam(1, 1, 10), None, None).unwrap();
         assert_eq!(g.completions[0].tokens, b.completions[0].tokens, "{name}");
     }
 }
@@ -137,9 +126,7 @@ fn beams_come_sorted_and_beat_greedy() {
         };
         let g = e.generate_tokens(&prompt(), &greedy, None, None).unwrap();
         let greedy_score = g.completions[0].score / 8.0; // same length penalty (1.0)
-        let b = e
-            .generate_tokens(&prompt(), &beam(4, 4, 8), None, None)
-            .unwrap();
+        let b = e.generate_tokens(&prompt(), &beam(4, 4, 8), None, None).unwrap();
         assert_eq!(b.completions.len(), 4);
         let scores: Vec<f32> = b.completions.iter().map(|c| c.score).collect();
         assert!(
@@ -151,8 +138,7 @@ fn beams_come_sorted_and_beat_greedy() {
             "{name}: best beam {} < greedy {greedy_score}",
             scores[0]
         );
-        let distinct: std::collections::HashSet<_> =
-            b.completions.iter().map(|c| c.tokens.clone()).collect();
+        let distinct: std::collections::HashSet<_> = b.completions.iter().map(|c| c.tokens.clone()).collect();
         assert_eq!(distinct.len(), 4, "{name}: returned beams must differ");
     }
 }
@@ -272,11 +258,7 @@ fn cancellation_stops_within_a_step() {
         let g = e.generate_tokens(&prompt(), &params, None, None).unwrap();
         let c = &g.completions[0];
         assert_eq!(c.finish_reason, FinishReason::Cancelled, "beams {beams:?}");
-        assert_eq!(
-            model.calls.load(Ordering::SeqCst),
-            4,
-            "no forward after the flag"
-        );
+        assert_eq!(model.calls.load(Ordering::SeqCst), 4, "no forward after the flag");
         // Prefill + 3 steps chose 3 tokens; the logits of the 4th forward are dropped.
         assert_eq!(c.tokens.len(), 3, "returns what it had");
     }
@@ -291,9 +273,7 @@ fn eos_stops_and_is_reported() {
         eos_ids: vec![exp.greedy[3]],
         ..Default::default()
     };
-    let g = e
-        .generate_tokens(&exp.input_ids[0], &params, None, None)
-        .unwrap();
+    let g = e.generate_tokens(&exp.input_ids[0], &params, None, None).unwrap();
     assert_eq!(g.completions[0].finish_reason, FinishReason::Eos);
     assert_eq!(g.completions[0].tokens, exp.greedy[..4]);
 }
@@ -302,21 +282,12 @@ fn eos_stops_and_is_reported() {
 fn bad_requests_are_errors_not_panics() {
     let e = engine("qwen2");
     let p = GenerateParams::default();
-    let err = e
-        .generate_tokens(&[], &p, None, None)
-        .unwrap_err()
-        .to_string();
+    let err = e.generate_tokens(&[], &p, None, None).unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");
     let long = vec![1u32; 600];
-    let err = e
-        .generate_tokens(&long, &p, None, None)
-        .unwrap_err()
-        .to_string();
+    let err = e.generate_tokens(&long, &p, None, None).unwrap_err().to_string();
     assert!(err.contains("context"), "{err}");
-    let err = e
-        .generate_tokens(&[1, 9999], &p, None, None)
-        .unwrap_err()
-        .to_string();
+    let err = e.generate_tokens(&[1, 9999], &p, None, None).unwrap_err().to_string();
     assert!(err.contains("9999"), "{err}");
     let err = e
         .generate_tokens(&[1, 2], &beam(2, 3, 4), None, None)
@@ -330,10 +301,20 @@ fn independent_requests_batched_equal_requests_run_alone() {
     for name in MODELS {
         let exp = expected(name);
         let (a, b) = (&exp.input_ids[0][..], &exp.input_ids[1][..7]);
-        let params = GenerateParams { max_new_tokens: 6, ..Default::default() };
+        let params = GenerateParams {
+            max_new_tokens: 6,
+            ..Default::default()
+        };
         let alone: Vec<Vec<u32>> = [a, b]
             .iter()
-            .map(|p| engine(name).generate_tokens(p, &params, None, None).unwrap().completions[0].tokens.clone())
+            .map(|p| {
+                engine(name)
+                    .generate_tokens(p, &params, None, None)
+                    .unwrap()
+                    .completions[0]
+                    .tokens
+                    .clone()
+            })
             .collect();
         let batched = engine(name).generate_batch(&[a, b], &params, None).unwrap();
         assert_eq!(batched.len(), 2);

@@ -31,8 +31,7 @@ fn permute(w: &Tensor, heads: usize) -> Tensor {
 /// Converts a fixture checkpoint to GGUF the way llama.cpp names and lays out tensors.
 fn convert(name: &str, arch: &str, out: &Path) {
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap();
     let n = |k: &str| cfg[k].as_u64().unwrap() as u32;
     let heads = n("num_attention_heads") as usize;
     let kv_heads = n("num_key_value_heads") as usize;
@@ -40,10 +39,7 @@ fn convert(name: &str, arch: &str, out: &Path) {
     let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "safetensors")
-                && !p.ends_with("expected.safetensors")
-        })
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && !p.ends_with("expected.safetensors"))
         .collect();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for f in files {
@@ -51,8 +47,8 @@ fn convert(name: &str, arch: &str, out: &Path) {
             let mut t = t.to_dtype(DType::F32).unwrap();
             let gg = if hf == "model.embed_tokens.weight" {
                 "token_embd.weight".to_owned()
-            } else if hf == "model.norm.weight" {
-                "output_norm.weight".to_owned()
+            } else if let Some(suffix) = hf.strip_prefix("model.norm.") {
+                format!("output_norm.{suffix}")
             } else if hf == "lm_head.weight" {
                 "output.weight".to_owned()
             } else {
@@ -69,6 +65,8 @@ fn convert(name: &str, arch: &str, out: &Path) {
                     "mlp.gate_proj" => "ffn_gate",
                     "mlp.up_proj" => "ffn_up",
                     "mlp.down_proj" => "ffn_down",
+                    "mlp.c_fc" => "ffn_up",
+                    "mlp.c_proj" => "ffn_down",
                     other => panic!("unmapped {other}"),
                 };
                 if arch == "llama" && suffix == "weight" && gpart == "attn_q" {
@@ -84,15 +82,9 @@ fn convert(name: &str, arch: &str, out: &Path) {
     }
     let theta = cfg["rope_theta"].as_f64().unwrap_or(10_000.0) as f32;
     let hidden = n("hidden_size");
-    let md: Vec<(String, gguf_file::Value)> = vec![
-        (
-            "general.architecture".into(),
-            gguf_file::Value::String(arch.into()),
-        ),
-        (
-            format!("{arch}.embedding_length"),
-            gguf_file::Value::U32(hidden),
-        ),
+    let mut md: Vec<(String, gguf_file::Value)> = vec![
+        ("general.architecture".into(), gguf_file::Value::String(arch.into())),
+        (format!("{arch}.embedding_length"), gguf_file::Value::U32(hidden)),
         (
             format!("{arch}.feed_forward_length"),
             gguf_file::Value::U32(n("intermediate_size")),
@@ -113,15 +105,18 @@ fn convert(name: &str, arch: &str, out: &Path) {
             format!("{arch}.context_length"),
             gguf_file::Value::U32(n("max_position_embeddings")),
         ),
-        (
+        (format!("{arch}.rope.freq_base"), gguf_file::Value::F32(theta)),
+    ];
+    md.push(match cfg.get("norm_epsilon") {
+        Some(eps) => (
+            format!("{arch}.attention.layer_norm_epsilon"),
+            gguf_file::Value::F32(eps.as_f64().unwrap() as f32),
+        ),
+        None => (
             format!("{arch}.attention.layer_norm_rms_epsilon"),
             gguf_file::Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
         ),
-        (
-            format!("{arch}.rope.freq_base"),
-            gguf_file::Value::F32(theta),
-        ),
-    ];
+    });
     let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out).unwrap();
@@ -132,24 +127,28 @@ fn gguf_logits_match(name: &str, arch: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.gguf");
     convert(name, arch, &path);
-    let model = Llama::from_gguf(GgufFile::open(&path).unwrap(), &Device::Cpu).unwrap();
-    let from_gguf = Engine::new(std::sync::Arc::new(model));
+    let gguf = GgufFile::open(&path).unwrap();
+    let model: std::sync::Arc<dyn tessera_models::model::CausalLm> = if arch == "starcoder2" {
+        std::sync::Arc::new(tessera_models::starcoder2::StarCoder2::from_gguf(gguf, &Device::Cpu).unwrap())
+    } else {
+        std::sync::Arc::new(Llama::from_gguf(gguf, &Device::Cpu).unwrap())
+    };
+    let from_gguf = Engine::new(model);
     let from_st = engine(name);
     for ids in expected(name).input_ids {
-        let diff = max_abs_diff(
-            &from_gguf.logits(&ids).unwrap(),
-            &from_st.logits(&ids).unwrap(),
-        );
-        assert!(
-            diff <= 1e-4,
-            "{name} as {arch} GGUF: logits differ by {diff}"
-        );
+        let diff = max_abs_diff(&from_gguf.logits(&ids).unwrap(), &from_st.logits(&ids).unwrap());
+        assert!(diff <= 1e-4, "{name} as {arch} GGUF: logits differ by {diff}");
     }
 }
 
 #[test]
 fn qwen2_gguf_matches_safetensors() {
     gguf_logits_match("qwen2", "qwen2");
+}
+
+#[test]
+fn starcoder2_gguf_matches_safetensors() {
+    gguf_logits_match("starcoder2", "starcoder2");
 }
 
 #[test]
@@ -189,12 +188,7 @@ impl Builder {
     }
     /// A 2-D tensor info.
     fn tensor(&mut self, name: &str, dims: [u64; 2], ty: u32, offset: u64) -> &mut Self {
-        self.str(name)
-            .u32(2)
-            .u64(dims[0])
-            .u64(dims[1])
-            .u32(ty)
-            .u64(offset)
+        self.str(name).u32(2).u64(dims[0]).u64(dims[1]).u32(ty).u64(offset)
     }
     fn pad_and_data(&mut self, data: usize) -> &mut Self {
         while !self.bytes.len().is_multiple_of(32) {
@@ -205,10 +199,7 @@ impl Builder {
     }
     fn write(&self, dir: &Path) -> std::path::PathBuf {
         let p = dir.join("hostile.gguf");
-        std::fs::File::create(&p)
-            .unwrap()
-            .write_all(&self.bytes)
-            .unwrap();
+        std::fs::File::create(&p).unwrap().write_all(&self.bytes).unwrap();
         p
     }
 }
@@ -219,10 +210,7 @@ fn open_err(b: &Builder) -> String {
     let err = GgufFile::open(&p)
         .expect_err("hostile file must be rejected")
         .to_string();
-    assert!(
-        err.contains("hostile.gguf"),
-        "error must name the file: {err}"
-    );
+    assert!(err.contains("hostile.gguf"), "error must name the file: {err}");
     err
 }
 
@@ -270,10 +258,7 @@ fn tensors_that_overrun_the_file_are_rejected() {
         .tensor("token_embd.weight", [64, 64], 0, 0)
         .pad_and_data(1024);
     let err = open_err(&b);
-    assert!(
-        err.contains("tensor token_embd.weight declares 16.0 KiB"),
-        "{err}"
-    );
+    assert!(err.contains("tensor token_embd.weight declares 16.0 KiB"), "{err}");
     assert!(err.contains("1.0 KiB left"), "{err}");
 
     // An offset far past the end.
@@ -290,8 +275,7 @@ fn tensors_that_overrun_the_file_are_rejected() {
 #[test]
 fn unknown_quantization_types_are_named() {
     let mut b = Builder::header(3, 1, 0);
-    b.tensor("blk.0.attn_q.weight", [256, 1], 16, 0)
-        .pad_and_data(1024);
+    b.tensor("blk.0.attn_q.weight", [256, 1], 16, 0).pad_and_data(1024);
     let err = open_err(&b);
     assert!(err.contains("quantization type 16 (IQ2_XXS)"), "{err}");
     assert!(err.contains("blk.0.attn_q.weight"), "{err}");
@@ -310,11 +294,7 @@ fn unknown_architecture_is_a_clear_error() {
         .str("a")
         .str("b")
         .str("ab");
-    b.str("tokenizer.ggml.merges")
-        .u32(9)
-        .u32(8)
-        .u64(1)
-        .str("a b");
+    b.str("tokenizer.ggml.merges").u32(9).u32(8).u64(1).str("a b");
     let p = b.write(dir.path());
     let err = TextModel::load(p.to_str().unwrap(), &Device::Cpu)
         .err()
@@ -348,17 +328,9 @@ fn a_config_that_disagrees_with_the_weights_names_the_tensor() {
 #[test]
 fn truncated_safetensors_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture("qwen2").join("config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
+    std::fs::copy(fixture("qwen2").join("config.json"), dir.path().join("config.json")).unwrap();
     let full = std::fs::read(fixture("qwen2").join("model.safetensors")).unwrap();
-    std::fs::write(
-        dir.path().join("model.safetensors"),
-        &full[..full.len() / 2],
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), &full[..full.len() / 2]).unwrap();
     let err = Llama::from_dir(dir.path(), &Device::Cpu)
         .err()
         .expect("must fail")

@@ -15,10 +15,7 @@ fn check_logits(name: &str) {
         let got = e.logits(ids).unwrap();
         let want = exp.logits.get(i).unwrap();
         let diff = max_abs_diff(&got, &want);
-        assert!(
-            diff <= TOLERANCE,
-            "{name} sequence {i}: max abs logit error {diff}"
-        );
+        assert!(diff <= TOLERANCE, "{name} sequence {i}: max abs logit error {diff}");
     }
 }
 
@@ -31,10 +28,7 @@ fn check_generation(name: &str) {
         ..Default::default()
     };
     let got = e.generate_tokens(prompt, &greedy, None, None).unwrap();
-    assert_eq!(
-        got.completions[0].tokens, exp.greedy,
-        "{name}: greedy tokens"
-    );
+    assert_eq!(got.completions[0].tokens, exp.greedy, "{name}: greedy tokens");
     let beam = GenerateParams {
         max_new_tokens: exp.beam4.len(),
         beams: Some(BeamParams {
@@ -46,10 +40,7 @@ fn check_generation(name: &str) {
         ..Default::default()
     };
     let got = e.generate_tokens(prompt, &beam, None, None).unwrap();
-    assert_eq!(
-        got.completions[0].tokens, exp.beam4,
-        "{name}: beam-4 tokens"
-    );
+    assert_eq!(got.completions[0].tokens, exp.beam4, "{name}: beam-4 tokens");
     let score = got.completions[0].score;
     assert!(
         (score - exp.beam4_score).abs() < 1e-3,

@@ -8,9 +8,8 @@ use tessera_models::generate::{BeamParams, FinishReason, GenerateParams};
 use tessera_models::loader::TextModel;
 
 fn fetched(name: &str) -> TextModel {
-    TextModel::load(name, &Device::Cpu).unwrap_or_else(|e| {
-        panic!("{e}\n(real-weight tests need scripts/fetch-models to have run)")
-    })
+    TextModel::load(name, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}\n(real-weight tests need scripts/fetch-models to have run)"))
 }
 
 fn qwen() -> &'static TextModel {
@@ -80,9 +79,7 @@ fn streamed_deltas_add_up_to_the_text() {
     let mut streamed = String::new();
     let mut on_text = |_: usize, d: &str| streamed.push_str(d);
     let prompt = "<|fim_prefix|>// Greet in three languages\nconst greetings = {\n  en: \"Hello\",\n<|fim_suffix|>\n};\n<|fim_middle|>";
-    let g = qwen()
-        .generate(prompt, &greedy(24), Some(&mut on_text))
-        .unwrap();
+    let g = qwen().generate(prompt, &greedy(24), Some(&mut on_text)).unwrap();
     assert!(!g.completions[0].text.is_empty());
     assert_eq!(streamed, g.completions[0].text);
 }
@@ -90,17 +87,12 @@ fn streamed_deltas_add_up_to_the_text() {
 #[test]
 fn a_one_character_edit_reuses_the_cached_prefix() {
     let m = qwen();
-    let before =
-        "<|fim_prefix|>import math\n\ndef area(r):\n    return math.<|fim_suffix|>\n<|fim_middle|>";
+    let before = "<|fim_prefix|>import math\n\ndef area(r):\n    return math.<|fim_suffix|>\n<|fim_middle|>";
     let after = "<|fim_prefix|>import math\n\ndef area(r):\n    return math.p<|fim_suffix|>\n<|fim_middle|>";
     m.generate(before, &greedy(4), None).unwrap();
     let warm = m.generate(after, &greedy(6), None).unwrap();
     let n = m.encode(after).unwrap().len();
-    assert!(
-        warm.reused_tokens >= n - 6,
-        "reused {} of {n}",
-        warm.reused_tokens
-    );
+    assert!(warm.reused_tokens >= n - 6, "reused {} of {n}", warm.reused_tokens);
     m.engine.clear_prefix_cache();
     let cold = m.generate(after, &greedy(6), None).unwrap();
     assert_eq!(cold.reused_tokens, 0);
@@ -110,14 +102,9 @@ fn a_one_character_edit_reuses_the_cached_prefix() {
 #[test]
 fn smollm2_answers_a_question() {
     let m = fetched("smollm2-135m");
-    let prompt =
-        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let g = m.generate(prompt, &greedy(24), None).unwrap();
     let text = &g.completions[0].text;
     assert!(text.contains("Paris"), "{text:?}");
-    assert_eq!(
-        g.completions[0].finish_reason,
-        FinishReason::Eos,
-        "{text:?}"
-    );
+    assert_eq!(g.completions[0].finish_reason, FinishReason::Eos, "{text:?}");
 }

@@ -19,11 +19,7 @@ fn cached(relative: &str) -> PathBuf {
         PathBuf::from,
     );
     let path = home.join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-models",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run scripts/fetch-models", path.display());
     path
 }
 
@@ -54,13 +50,11 @@ fn reference_table() {
                 nfc if name == QWEN && !nfc.is_null() => nfc,
                 _ => &case["ids"][name],
             };
-            let expected: Vec<u32> = serde_json::from_value(ids.clone())
-                .unwrap_or_else(|e| panic!("{name}: ids for {text:?}: {e}"));
+            let expected: Vec<u32> =
+                serde_json::from_value(ids.clone()).unwrap_or_else(|e| panic!("{name}: ids for {text:?}: {e}"));
             let got = tok.encode(text, false).unwrap();
             if got != expected {
-                failures.push(format!(
-                    "{text:?}\n  expected {expected:?}\n  got      {got:?}"
-                ));
+                failures.push(format!("{text:?}\n  expected {expected:?}\n  got      {got:?}"));
             }
         }
         assert!(
@@ -97,10 +91,7 @@ fn qwen_special_tokens() {
     assert_eq!(ids.iter().filter(|id| tok.is_special(**id)).count(), 3);
     assert_eq!(*ids.last().unwrap(), 151_660);
     assert_eq!(tok.decode(&ids, false).unwrap(), prompt);
-    assert_eq!(
-        tok.decode(&ids, true).unwrap(),
-        "def is_even(n):\n    return \n"
-    );
+    assert_eq!(tok.decode(&ids, true).unwrap(), "def is_even(n):\n    return \n");
     // User-defined tokens are matched whole, like specials, but are not skipped.
     let ids = tok.encode("<tool_call>x</tool_call>", false).unwrap();
     assert_eq!(ids.first(), Some(&151_657));
@@ -159,14 +150,8 @@ fn whisper_tokenizer_json() {
         tok.encode(" Hello world", true).unwrap(),
         vec![50_257, 50_362, 18_435, 995, 50_256]
     );
-    assert_eq!(
-        tok.encode(" Hello world", false).unwrap(),
-        vec![18_435, 995]
-    );
-    assert_eq!(
-        tok.decode(&[50_257, 18_435, 995], true).unwrap(),
-        " Hello world"
-    );
+    assert_eq!(tok.encode(" Hello world", false).unwrap(), vec![18_435, 995]);
+    assert_eq!(tok.decode(&[50_257, 18_435, 995], true).unwrap(), " Hello world");
 }
 
 /// Stream `ids` one at a time and check every delta is whole text that adds up to the
@@ -176,10 +161,7 @@ fn stream_all(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
     let mut deltas = Vec::new();
     for id in ids {
         if let Some(delta) = stream.push(*id).unwrap() {
-            assert!(
-                !delta.contains('\u{FFFD}'),
-                "partial character in {delta:?}"
-            );
+            assert!(!delta.contains('\u{FFFD}'), "partial character in {delta:?}");
             deltas.push(delta);
         }
     }
@@ -198,10 +180,7 @@ fn stream_emoji_split_across_tokens() {
         let text = "ok 🦀 done";
         let ids = tok.encode(text, false).unwrap();
         // Byte-level BPE spells the crab's four bytes with more than one token.
-        let pieces: Vec<String> = ids
-            .iter()
-            .map(|id| tok.decode(&[*id], false).unwrap())
-            .collect();
+        let pieces: Vec<String> = ids.iter().map(|id| tok.decode(&[*id], false).unwrap()).collect();
         assert!(
             pieces.iter().filter(|p| p.contains('\u{FFFD}')).count() >= 2,
             "{name}: {pieces:?}"
@@ -264,8 +243,7 @@ fn qwen_vocabulary_is_complete() {
 /// The tiny SentencePiece BPE vocabulary of `fixtures/spm_tiny.json`, as GGUF metadata.
 fn spm_tiny() -> (GgufVocab, serde_json::Value) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm_tiny.json");
-    let table: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("spm_tiny.json")).unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("spm_tiny.json")).unwrap();
     let field = |key: &str| table[key].clone();
     let id = |key: &str| Some(serde_json::from_value::<u32>(field(key)).unwrap());
     let vocab = GgufVocab {
@@ -319,10 +297,7 @@ fn sentencepiece_special_tokens() {
     // 🦀 is not in the vocabulary: four byte-fallback tokens.
     let ids = tok.encode("🦀", false).unwrap();
     let pieces: Vec<String> = ids.iter().map(|id| tok.id_to_token(*id).unwrap()).collect();
-    assert_eq!(
-        pieces[pieces.len() - 4..],
-        ["<0xF0>", "<0x9F>", "<0xA6>", "<0x80>"]
-    );
+    assert_eq!(pieces[pieces.len() - 4..], ["<0xF0>", "<0x9F>", "<0xA6>", "<0x80>"]);
     assert_eq!(tok.decode(&ids, false).unwrap(), "🦀");
 }
 
