@@ -3,11 +3,18 @@
 //!
 //! `cargo run --release -p tessera-kernels --example bench_qmatmul [-- FILTER]`: FILTER
 //! keeps the lines whose type or shape contains it (e.g. `Q5_0`, `151936`); a second
-//! argument `ours` skips candle (for profiling).
+//! argument `ours` skips candle, `BENCH_ROWS=4` times one row count (for profiling) and
+//! `BENCH_ISA=avx2` (or `scalar`) forces an implementation.
+//!
+//! By default the weight matrix stays in cache between calls, which makes every kernel
+//! compute-bound. `BENCH_COLD=1` cycles through enough copies of it (256 MiB) that each call
+//! reads its weights from memory, as a decode step of a real model does.
 
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
 use tessera_kernels::{Isa, QuantType, quantized_matmul_with};
 
@@ -22,7 +29,8 @@ fn ggml_dtype(ty: QuantType) -> GgmlDType {
     }
 }
 
-/// Median time of `f`, run for about `budget` after a warm-up.
+/// Fastest time of `f`, run for about `budget` after a warm-up: the machine is shared, and
+/// the minimum is the figure least disturbed by other processes.
 fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
     f();
     let mut times = Vec::new();
@@ -32,15 +40,33 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
         f();
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    times.into_iter().fold(f64::INFINITY, f64::min)
 }
 
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
     let with_candle = std::env::args().nth(2).is_none_or(|a| a != "ours");
-    let isa = Isa::best();
-    println!("isa {isa:?}, {} rayon threads", rayon::current_num_threads());
+    // BENCH_ROWS=4 times one row count only (for profiling).
+    let cold = std::env::var("BENCH_COLD").is_ok_and(|v| v == "1");
+    let row_counts: Vec<usize> = match std::env::var("BENCH_ROWS") {
+        Ok(rows) => vec![rows.parse().expect("BENCH_ROWS is a number")],
+        Err(_) => vec![1, 4, 8, 16],
+    };
+    // BENCH_ISA=avx2 or scalar forces a slower implementation.
+    let isa = match std::env::var("BENCH_ISA").as_deref() {
+        Ok("avx2") => Isa::Avx2,
+        Ok("scalar") => Isa::Scalar,
+        _ => Isa::best(),
+    };
+    println!(
+        "isa {isa:?}, {} rayon threads, weights {}",
+        rayon::current_num_threads(),
+        if cold {
+            "cold (read from memory)"
+        } else {
+            "hot (in cache)"
+        }
+    );
     println!(
         "{:<6} {:>14} {:>4} {:>10} {:>10} {:>7} {:>9}",
         "type", "[n, k]", "rows", "ours ms", "candle ms", "speedup", "vs 1 row"
@@ -59,24 +85,40 @@ fn main() {
             let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
             let qt = QTensor::quantize(&w, ggml_dtype(ty)).unwrap();
             let bytes = qt.data().unwrap().into_owned();
-            let mm = QMatMul::from_qtensor(qt).unwrap();
+            let copies = if cold {
+                (256usize << 20).div_ceil(bytes.len())
+            } else {
+                1
+            };
+            let weights: Vec<Vec<u8>> = vec![bytes; copies];
+            let mms: Vec<QMatMul> = weights
+                .iter()
+                .map(|w| {
+                    let storage = QStorage::from_data(Cow::Borrowed(w), &dev, ggml_dtype(ty)).unwrap();
+                    QMatMul::from_qtensor(QTensor::new(storage, (n, k)).unwrap()).unwrap()
+                })
+                .collect();
+            drop(qt);
             let budget = Duration::from_millis(if n > 100_000 { 1500 } else { 400 });
             let mut one_row = 0.0;
-            for rows in [1, 4, 8, 16] {
+            for rows in row_counts.iter().copied() {
                 let x: Vec<f32> = (0..rows * k).map(|i| (i * 31 % 97) as f32 / 48.0 - 1.0).collect();
                 let xt = Tensor::from_vec(x.clone(), (rows, k), &dev).unwrap();
                 let mut y = vec![0f32; rows * n];
+                let mut next = 0;
                 let ours = time(budget, || {
-                    quantized_matmul_with(isa, ty, &bytes, n, k, &x, rows, &mut y).unwrap();
+                    next = (next + 1) % copies;
+                    quantized_matmul_with(isa, ty, &weights[next], n, k, &x, rows, &mut y).unwrap();
                 });
                 let candle = if with_candle {
                     time(budget, || {
-                        mm.forward(&xt).unwrap();
+                        next = (next + 1) % copies;
+                        mms[next].forward(&xt).unwrap();
                     })
                 } else {
                     f64::NAN
                 };
-                if rows == 1 {
+                if rows == row_counts[0] {
                     one_row = ours;
                 }
                 println!(

@@ -8,50 +8,58 @@
 use half::f16;
 
 use crate::QuantType;
-use crate::layout::{LANES, Layout};
+use crate::layout::{LANES, Layout, VECTOR};
 
-/// Quantized activation rows, each in the interleaved layout with its per-lane values.
-pub(crate) struct Activations {
-    bytes: usize,
-    lanes: usize,
-    q: Vec<i8>,
-    /// Scale of each lane (the scale of its block or super-block).
-    d: Vec<f32>,
+/// One group of an activation row: its interleaved bytes and per-lane values, together so
+/// that the kernels find everything a group needs at one address.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct XGroup<const NV: usize> {
+    pub q: [[i8; VECTOR]; NV],
     /// `offset * sum(q over the lane)`, subtracted from the lane's integer dot product.
-    corr: Vec<i32>,
+    pub corr: [i32; LANES],
+    /// Scale of each lane (the scale of its block or super-block).
+    pub d: [f32; LANES],
     /// Formats with a minimum only: the lane's activation sum in real units, multiplied by
-    /// the weight lane's minimum. Empty otherwise.
-    min: Vec<f32>,
+    /// the weight lane's minimum.
+    pub min: [f32; LANES],
+}
+
+impl<const NV: usize> XGroup<NV> {
+    pub const ZERO: XGroup<NV> = XGroup {
+        q: [[0; VECTOR]; NV],
+        corr: [0; LANES],
+        d: [0.0; LANES],
+        min: [0.0; LANES],
+    };
+}
+
+/// Quantized activation rows: `rows * layout.wide` wide groups, then the narrow ones.
+pub(crate) struct Activations {
+    layout: Layout,
+    wide: Vec<XGroup<8>>,
+    narrow: Vec<XGroup<4>>,
 }
 
 /// One activation row of [`Activations`].
 #[derive(Clone, Copy)]
 pub(crate) struct ActRow<'a> {
-    pub q: &'a [i8],
-    pub d: &'a [f32],
-    pub corr: &'a [i32],
-    pub min: &'a [f32],
+    pub wide: &'a [XGroup<8>],
+    pub narrow: &'a [XGroup<4>],
 }
 
 impl Activations {
     pub fn quantize(ty: QuantType, layout: &Layout, offset: i32, x: &[f32], rows: usize, k: usize) -> Activations {
-        let (bytes, lanes) = (layout.bytes(), layout.lanes());
         let mut act = Activations {
-            bytes,
-            lanes,
-            q: vec![0; rows * bytes],
-            d: vec![0.0; rows * lanes],
-            corr: vec![0; rows * lanes],
-            min: if ty.has_min() {
-                vec![0.0; rows * lanes]
-            } else {
-                Vec::new()
-            },
+            layout: *layout,
+            wide: vec![XGroup::ZERO; rows * layout.wide],
+            narrow: vec![XGroup::ZERO; rows * layout.narrow],
         };
         let k_blocks = matches!(ty, QuantType::Q4K | QuantType::Q6K);
         let block = if k_blocks { 256 } else { 32 };
         let blocks = k / block;
-        let mut natural = vec![0i8; bytes];
+        let mut natural = vec![0i8; layout.bytes()];
+        let mut interleaved = vec![0i8; layout.bytes()];
         let mut block_d = vec![0f32; blocks];
         // Q4_1 only: candle's `BlockQ8_1::s`, the block sum times its scale, in f16.
         let mut block_s = vec![0f32; blocks];
@@ -65,40 +73,49 @@ impl Activations {
                     (block_d[b], block_s[b]) = quantize_q8_0(x, q);
                 }
             }
-            let lane_range = r * lanes..(r + 1) * lanes;
-            let (d, corr) = (&mut act.d[lane_range.clone()], &mut act.corr[lane_range.clone()]);
+            layout.interleave(&natural, &mut interleaved);
             let mut start = 0;
             for g in 0..layout.groups() {
                 let lane_len = layout.lane_len(g);
+                let (q, corr, d, min) = if g < layout.wide {
+                    let grp = &mut act.wide[r * layout.wide + g];
+                    (grp.q.as_flattened_mut(), &mut grp.corr, &mut grp.d, &mut grp.min)
+                } else {
+                    let grp = &mut act.narrow[r * layout.narrow + g - layout.wide];
+                    (grp.q.as_flattened_mut(), &mut grp.corr, &mut grp.d, &mut grp.min)
+                };
+                q.copy_from_slice(&interleaved[start..start + LANES * lane_len]);
                 for i in 0..LANES {
-                    let lane = g * LANES + i;
-                    let b = start / block;
-                    if b < blocks {
-                        let sum: i32 = natural[start..start + lane_len].iter().map(|&q| q as i32).sum();
-                        d[lane] = block_d[b];
-                        corr[lane] = offset * sum;
-                        match ty {
-                            // The block's minimum term counted once, on its first lane.
-                            QuantType::Q4_1 if start % block == 0 => act.min[lane_range.start + lane] = block_s[b],
-                            QuantType::Q4K => act.min[lane_range.start + lane] = block_d[b] * sum as f32,
-                            _ => {}
-                        }
+                    let lane_start = layout.lane_start(g, i);
+                    let b = lane_start / block;
+                    if b >= blocks {
+                        // Padding: zero values and scales.
+                        continue;
                     }
-                    start += lane_len;
+                    let sum: i32 = natural[lane_start..lane_start + lane_len]
+                        .iter()
+                        .map(|&q| q as i32)
+                        .sum();
+                    d[i] = block_d[b];
+                    corr[i] = offset * sum;
+                    match ty {
+                        // The block's minimum term counted once, on its first lane.
+                        QuantType::Q4_1 if lane_start.is_multiple_of(block) => min[i] = block_s[b],
+                        QuantType::Q4K => min[i] = block_d[b] * sum as f32,
+                        _ => {}
+                    }
                 }
+                start += LANES * lane_len;
             }
-            layout.interleave(&natural, &mut act.q[r * bytes..(r + 1) * bytes]);
         }
         act
     }
 
     pub fn row(&self, r: usize) -> ActRow<'_> {
-        let lanes = r * self.lanes..(r + 1) * self.lanes;
+        let (wide, narrow) = (self.layout.wide, self.layout.narrow);
         ActRow {
-            q: &self.q[r * self.bytes..(r + 1) * self.bytes],
-            d: &self.d[lanes.clone()],
-            corr: &self.corr[lanes.clone()],
-            min: if self.min.is_empty() { &[] } else { &self.min[lanes] },
+            wide: &self.wide[r * wide..(r + 1) * wide],
+            narrow: &self.narrow[r * narrow..(r + 1) * narrow],
         }
     }
 }

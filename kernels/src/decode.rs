@@ -12,10 +12,8 @@ use crate::{Mode, QuantType};
 
 /// Scratch holding one decoded weight row, reused for every row of a task.
 pub(crate) struct DecodedRow {
-    /// Interleaved weight bytes; `|w|` in signed mode.
+    /// Interleaved weight bytes.
     pub q: Vec<u8>,
-    /// Signed mode only: the signed weights, whose signs go onto the activations.
-    pub sign: Vec<i8>,
     /// Per-lane scale: the block scale, times the sub-block scale for K-quants.
     pub scale: Vec<f32>,
     /// Formats with a minimum only: the per-lane additive term (Q4_1 `m`, Q4_K `-dmin * m`).
@@ -25,14 +23,9 @@ pub(crate) struct DecodedRow {
 }
 
 impl DecodedRow {
-    pub fn new(ty: QuantType, layout: &Layout, mode: Mode) -> DecodedRow {
+    pub fn new(ty: QuantType, layout: &Layout) -> DecodedRow {
         DecodedRow {
             q: vec![0; layout.bytes()],
-            sign: if mode.signed {
-                vec![0; layout.bytes()]
-            } else {
-                Vec::new()
-            },
             scale: vec![0.0; layout.lanes()],
             min: if ty.has_min() {
                 vec![0.0; layout.lanes()]
@@ -60,33 +53,36 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Decodes `row` (the GGUF bytes of one weight row) into `out`.
+/// Decodes `row` (the GGUF bytes of one weight row) into `out`. Q8_0 weights become
+/// `w + mode.offset`; the signed mode of AVX2 has its own decoder.
 pub(crate) fn decode_row(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8], out: &mut DecodedRow) {
+    debug_assert!(!mode.signed, "the signed mode is AVX2's");
     let mut natural = std::mem::take(&mut out.natural);
     natural.clear();
     natural.resize(layout.bytes(), 0);
     let (bs, bb) = (ty.block_size(), ty.block_bytes());
     let blocks = row.len() / bb;
-    // Lane `l` of the row covers natural values `l * 32..` in wide groups; the legacy tail
-    // group (narrow) splits each block over two lanes.
-    let lane_of_value = |v: usize| {
-        let wide_values = layout.wide * LANES * 32;
-        if v < wide_values {
-            v / 32
-        } else {
-            layout.wide * LANES + (v - wide_values) / 16
-        }
+    // Scale and minimum of each run of values sharing them (a block, or a sub-block of a
+    // K-quant), in natural order; lanes pick theirs below.
+    let run = match ty {
+        QuantType::Q4K => 32,
+        QuantType::Q6K => 16,
+        _ => 32,
     };
-    let mut signed = vec![0i8; if mode.signed { layout.bytes() } else { 0 }];
+    let mut run_scale = vec![0f32; blocks * bs / run];
+    let mut run_min = vec![0f32; blocks * bs / run];
     for b in 0..blocks {
         let blk = &row[b * bb..(b + 1) * bb];
         let vals = &mut natural[b * bs..(b + 1) * bs];
         match ty {
             QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q8_0 => {
-                let d = f16_at(blk, 0);
+                run_scale[b] = f16_at(blk, 0);
                 match ty {
                     QuantType::Q4_0 => nibbles(&blk[2..18], vals),
-                    QuantType::Q4_1 => nibbles(&blk[4..20], vals),
+                    QuantType::Q4_1 => {
+                        run_min[b] = f16_at(blk, 2);
+                        nibbles(&blk[4..20], vals)
+                    }
                     QuantType::Q5_0 => {
                         nibbles(&blk[6..22], vals);
                         let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
@@ -96,21 +92,8 @@ pub(crate) fn decode_row(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8],
                     }
                     _ => {
                         for (j, v) in vals.iter_mut().enumerate() {
-                            let w = blk[2 + j] as i8;
-                            if mode.signed {
-                                signed[b * bs + j] = w;
-                                *v = w.unsigned_abs();
-                            } else {
-                                *v = (w as i32 + mode.offset) as u8;
-                            }
+                            *v = (blk[2 + j] as i8 as i32 + mode.offset) as u8;
                         }
-                    }
-                }
-                let (first, last) = (lane_of_value(b * bs), lane_of_value(b * bs + bs - 1));
-                for lane in first..=last {
-                    out.scale[lane] = d;
-                    if ty == QuantType::Q4_1 {
-                        out.min[lane] = f16_at(blk, 2);
                     }
                 }
             }
@@ -126,8 +109,8 @@ pub(crate) fn decode_row(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8],
                 }
                 for sub in 0..8 {
                     let (sc, m) = scale_min_k4(sub, scales);
-                    out.scale[b * 8 + sub] = d * sc as f32;
-                    out.min[b * 8 + sub] = -dmin * m as f32;
+                    run_scale[b * 8 + sub] = d * sc as f32;
+                    run_min[b * 8 + sub] = -dmin * m as f32;
                 }
             }
             QuantType::Q6K => {
@@ -144,15 +127,25 @@ pub(crate) fn decode_row(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8],
                     }
                 }
                 for sub in 0..16 {
-                    out.scale[b * 16 + sub] = d * scales[sub] as i8 as f32;
+                    run_scale[b * 16 + sub] = d * scales[sub] as i8 as f32;
                 }
             }
         }
     }
-    layout.interleave(&natural, &mut out.q);
-    if mode.signed {
-        layout.interleave(&signed, &mut out.sign);
+    for g in 0..layout.groups() {
+        for i in 0..LANES {
+            let lane = g * LANES + i;
+            // Padding lanes keep the zeros the scratch was made with.
+            let Some(&scale) = run_scale.get(layout.lane_start(g, i) / run) else {
+                continue;
+            };
+            out.scale[lane] = scale;
+            if ty.has_min() {
+                out.min[lane] = run_min[layout.lane_start(g, i) / run];
+            }
+        }
     }
+    layout.interleave(&natural, &mut out.q);
     out.natural = natural;
 }
 

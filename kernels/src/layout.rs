@@ -6,7 +6,9 @@
 //! the legacy formats, a 32-value sub-block of Q4_K, a 16-value sub-block of Q6_K. *Wide*
 //! groups have 32-value lanes (256 bytes), *narrow* groups 16-value lanes (128 bytes); all
 //! wide groups come first. Inside a group the bytes are stored as 32-byte vectors where
-//! vector `v` holds bytes `4v..4v + 4` of lane 0, then of lane 1, ..., lane 7. Summing
+//! vector `v` holds bytes `4v..4v + 4` of lane 0, then of lane 1, ..., lane 7. Lane `i` of
+//! a wide group is its `i`-th run of 32 values; lanes of narrow groups take the runs of 16
+//! in the order of [`narrow_run`]. Summing
 //! byte products four at a time into 32-bit elements (`vpmaddubsw` + `vpmaddwd`, or
 //! `vpdpbusd`) over a group's vectors thus leaves lane `i`'s dot product in element `i`.
 //!
@@ -19,6 +21,14 @@ use crate::QuantType;
 pub(crate) const LANES: usize = 8;
 /// Bytes of one interleaved vector.
 pub(crate) const VECTOR: usize = 32;
+
+/// The run of 16 values held by lane `lane` of a narrow group: even runs in lanes 0 to 3,
+/// odd runs in lanes 4 to 7. Natural 32-byte vectors hold runs `2m` and `2m + 1` (a legacy
+/// block, or a Q6_K quarter); two 4x4 transposes inside 128-bit halves leave them in this
+/// order with no shuffle across halves.
+pub(crate) const fn narrow_run(lane: usize) -> usize {
+    2 * (lane % 4) + lane / 4
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -82,6 +92,15 @@ impl Layout {
         if g < self.wide { 32 } else { 16 }
     }
 
+    /// Offset in the natural row of the first value of lane `i` of group `g`.
+    pub fn lane_start(&self, g: usize, i: usize) -> usize {
+        if g < self.wide {
+            g * LANES * 32 + i * 32
+        } else {
+            self.wide * LANES * 32 + (g - self.wide) * LANES * 16 + narrow_run(i) * 16
+        }
+    }
+
     /// Interleaves a row given in natural order (`bytes()` values, padding included).
     pub fn interleave<T: Copy>(&self, natural: &[T], out: &mut [T]) {
         debug_assert_eq!(natural.len(), self.bytes());
@@ -89,13 +108,11 @@ impl Layout {
         let mut start = 0;
         for g in 0..self.groups() {
             let lane_len = self.lane_len(g);
-            let group = &natural[start..start + LANES * lane_len];
             let out = &mut out[start..start + LANES * lane_len];
-            for v in 0..lane_len / 4 {
-                for lane in 0..LANES {
-                    for t in 0..4 {
-                        out[v * VECTOR + 4 * lane + t] = group[lane * lane_len + 4 * v + t];
-                    }
+            for lane in 0..LANES {
+                let values = &natural[self.lane_start(g, lane)..][..lane_len];
+                for (v, values) in values.chunks_exact(4).enumerate() {
+                    out[v * VECTOR + 4 * lane..][..4].copy_from_slice(values);
                 }
             }
             start += LANES * lane_len;
@@ -130,7 +147,8 @@ mod tests {
         layout.interleave(&natural, &mut out);
         // Vector 1 of the wide group: bytes 4..8 of lane 0, then of lane 1 (at 32..).
         assert_eq!(&out[32..40], &[4, 5, 6, 7, 36, 37, 38, 39]);
-        // Narrow group starts at 256; its lane 1 starts at 256 + 16.
-        assert_eq!(&out[256..264], &[256, 257, 258, 259, 272, 273, 274, 275]);
+        // Narrow group starts at 256; its lane 1 holds run 2 (256 + 32), lane 4 run 1.
+        assert_eq!(&out[256..264], &[256, 257, 258, 259, 288, 289, 290, 291]);
+        assert_eq!(&out[256 + 16..256 + 20], &[272, 273, 274, 275]);
     }
 }

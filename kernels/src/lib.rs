@@ -4,14 +4,19 @@
 //! candle's `QMatMul` on CPU takes each activation row separately and reads the whole weight
 //! matrix once per row, so four beams cost about four greedy steps. Here the weight matrix
 //! is read once per call: the activation rows are quantized to 8 bits once (Q8_0 blocks, or
-//! Q8_K super-blocks for the K-quants, with candle's rounding), then each weight row is
-//! decoded once into a small scratch buffer and multiplied against every activation row.
+//! Q8_K super-blocks for the K-quants, with candle's rounding), then each group of each
+//! weight row is decoded once, into registers, and multiplied with every activation row
+//! (in tiles of up to 8 rows, whose accumulators are registers too).
 //!
 //! Both sides are cut into *groups* of 8 *lanes* ([`layout`]): a lane is one quantization
 //! block (or sub-block) and the bytes of a group are interleaved so that one 32-byte vector
 //! holds 4 bytes of each lane. A SIMD dot product of two such vectors then leaves the sum of
 //! lane `i` in 32-bit element `i`, and the per-block scales are applied to all 8 lanes with
-//! one multiply, instead of one horizontal sum per block.
+//! one multiply, instead of one horizontal sum per block. Weights with an offset (Q4_0's
+//! `q - 8`, Q8_0 stored as `w + 128`) are multiplied as unsigned bytes, and the offset times
+//! the activation lane sum is subtracted from the integer result, which stays exact.
+//!
+//! Parallelism: rayon tasks over ranges of output columns, each with its own weight rows.
 //!
 //! Code map: [`layout`] (groups and lanes), [`activation`] (quantizing the activation rows),
 //! [`decode`] and [`scalar`] (the portable path, always compiled and tested), `x86` (AVX2,

@@ -18,11 +18,11 @@ pub(crate) fn run(
     act: &Activations,
     outs: &mut [&mut [f32]],
 ) {
-    let mut decoded = DecodedRow::new(ty, layout, mode);
+    let mut decoded = DecodedRow::new(ty, layout);
     for (j, w) in weight.chunks_exact(row_bytes.max(1)).enumerate() {
         decode_row(ty, layout, mode, w, &mut decoded);
         for (r, out) in outs.iter_mut().enumerate() {
-            out[j] = dot(layout, &decoded, act.row(r));
+            out[j] = dot(&decoded, act.row(r));
         }
     }
     if row_bytes == 0 {
@@ -32,13 +32,13 @@ pub(crate) fn run(
 }
 
 /// Dot product of a decoded weight row with an activation row.
-pub(crate) fn dot(layout: &Layout, w: &DecodedRow, a: ActRow<'_>) -> f32 {
-    debug_assert!(w.sign.is_empty(), "signed mode is for AVX2 only");
+pub(crate) fn dot(w: &DecodedRow, a: ActRow<'_>) -> f32 {
+    let wide = a.wide.iter().map(|x| (x.q.as_flattened(), &x.corr, &x.d, &x.min));
+    let narrow = a.narrow.iter().map(|x| (x.q.as_flattened(), &x.corr, &x.d, &x.min));
     let mut acc = [0f32; LANES];
     let mut start = 0;
-    for g in 0..layout.groups() {
-        let bytes = LANES * layout.lane_len(g);
-        let (wq, aq) = (&w.q[start..start + bytes], &a.q[start..start + bytes]);
+    for (g, (aq, corr, d, amin)) in wide.chain(narrow).enumerate() {
+        let wq = &w.q[start..start + aq.len()];
         let mut sums = [0i32; LANES];
         for (wv, av) in wq.chunks_exact(VECTOR).zip(aq.chunks_exact(VECTOR)) {
             for (i, sum) in sums.iter_mut().enumerate() {
@@ -49,13 +49,13 @@ pub(crate) fn dot(layout: &Layout, w: &DecodedRow, a: ActRow<'_>) -> f32 {
         }
         for (i, acc) in acc.iter_mut().enumerate() {
             let lane = g * LANES + i;
-            let s = (sums[i] - a.corr[lane]) as f32;
-            *acc = s.mul_add(w.scale[lane] * a.d[lane], *acc);
-            if !a.min.is_empty() {
-                *acc = w.min[lane].mul_add(a.min[lane], *acc);
+            let s = (sums[i] - corr[i]) as f32;
+            *acc = s.mul_add(w.scale[lane] * d[i], *acc);
+            if !w.min.is_empty() {
+                *acc = w.min[lane].mul_add(amin[i], *acc);
             }
         }
-        start += bytes;
+        start += aq.len();
     }
     hsum(acc)
 }

@@ -24,6 +24,9 @@ pub enum Error {
     /// Tokenizer construction, encoding or decoding failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A custom kernel refused its inputs.
+    #[error("kernel: {0}")]
+    Kernel(#[from] tessera_kernels::Error),
     /// A tensor operation failed; these are bugs or device problems, not bad input.
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),

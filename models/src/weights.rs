@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use tessera_kernels::QuantType;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
@@ -168,6 +169,31 @@ impl WeightStore {
     }
 }
 
+/// Our CPU kernel's name for a ggml block type, where it has one.
+fn kernel_type(dtype: GgmlDType) -> Option<QuantType> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => QuantType::Q4_0,
+        GgmlDType::Q4_1 => QuantType::Q4_1,
+        GgmlDType::Q5_0 => QuantType::Q5_0,
+        GgmlDType::Q8_0 => QuantType::Q8_0,
+        GgmlDType::Q4K => QuantType::Q4K,
+        GgmlDType::Q6K => QuantType::Q6K,
+        _ => return None,
+    })
+}
+
+/// `x W^T` through `tessera-kernels`, which reads each weight block once for all rows
+/// (candle re-reads the whole matrix per row, so beams would cost one pass each).
+fn multi_row_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
+    let ty = kernel_type(q.dtype()).expect("caller checked the type");
+    let (n, k) = q.shape().dims2()?;
+    let rows = x.dim(0)?;
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; rows * n];
+    tessera_kernels::quantized_matmul(ty, &q.data()?, n, k, &xs, rows, &mut y)?;
+    Ok(Tensor::from_vec(y, (rows, n), x.device())?)
+}
+
 /// Row counts above which a quantized matrix is dequantized for one dense GEMM.
 const DEQUANTIZE_ABOVE_ROWS: usize = 16;
 
@@ -200,6 +226,7 @@ impl Linear {
             // A long prefill is compute-bound: dequantizing the matrix once and running a
             // dense GEMM beats block-by-block dot products many times over.
             QMatMul::QTensor(q) if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => x.matmul(&q.dequantize(x.device())?.t()?)?,
+            QMatMul::QTensor(q) if x.device().is_cpu() && kernel_type(q.dtype()).is_some() => multi_row_matmul(q, x)?,
             q => x.apply(q)?,
         };
         Ok(match &self.bias {

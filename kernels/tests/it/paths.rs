@@ -13,14 +13,16 @@ fn simd_paths_equal_the_portable_path_bit_for_bit() {
         .collect();
     for ty in QuantType::ALL {
         let ks: &[usize] = match ty {
-            QuantType::Q4K | QuantType::Q6K => &[256, 1024],
-            // Every tail shape: 1 to 8 blocks after whole groups.
-            _ => &[32, 64, 96, 128, 160, 192, 224, 256, 288, 896],
+            QuantType::Q4K | QuantType::Q6K => &[256, 1024, 2048],
+            // Every tail shape: 1 to 8 blocks after whole groups; 1888 values (59 blocks)
+            // are cut into several spans that fit in L1 when there are 8 rows.
+            _ => &[32, 64, 96, 128, 160, 192, 224, 256, 288, 896, 1888],
         };
         for (i, &k) in ks.iter().enumerate() {
             let n = 21 + 2 * i;
             let w = Weight::random(ty, n, k, 40 + i as u64);
-            for rows in [1, 3, 16] {
+            // Tiles of up to 8 rows: one, several, and a partial last one.
+            for rows in [1, 3, 8, 9, 17] {
                 let x = random_values(rows * k, 90 + rows as u64);
                 let run = |isa| {
                     let mut y = vec![f32::NAN; rows * n];
