@@ -503,7 +503,16 @@ impl GgufFile {
         // candle reinterprets the bytes as blocks; all ggml block types need at most
         // 4-byte alignment, which the (>= 8) GGUF data alignment guarantees.
         debug_assert_eq!(bytes.as_ptr() as usize % 4, 0);
-        Ok(qtensor_from_ggml(info.dtype, bytes, info.dims.clone(), device)?)
+        let tensor = qtensor_from_ggml(info.dtype, bytes, info.dims.clone(), device)?;
+        // The copy is what the model keeps; drop the mapped pages now so that loading does
+        // not hold the file twice in memory (peak RSS ~ one copy of the weights).
+        // SAFETY: a read-only file mapping that nothing writes to: MADV_DONTNEED only
+        // discards page-table entries, and a later read faults the same bytes back in.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.offset, info.size)
+        };
+        Ok(tensor)
     }
 
     /// A tensor dequantized to f32 on `device`.

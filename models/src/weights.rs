@@ -182,8 +182,9 @@ fn kernel_type(dtype: GgmlDType) -> Option<QuantType> {
     })
 }
 
-/// `x W^T` through `tessera-kernels`, which reads each weight block once for all rows
-/// (candle re-reads the whole matrix per row, so beams would cost one pass each).
+/// `x W^T` through `tessera-kernels`, which reads each weight block once for a tile of
+/// rows (candle re-reads the whole matrix per row, so beams would cost one pass each, and
+/// its Q5_0 path has no SIMD).
 fn multi_row_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
     let ty = kernel_type(q.dtype()).expect("caller checked the type");
     let (n, k) = q.shape().dims2()?;
@@ -223,10 +224,10 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             QMatMul::Tensor(w) => x.matmul(&w.t()?)?,
-            // A long prefill is compute-bound: dequantizing the matrix once and running a
-            // dense GEMM beats block-by-block dot products many times over.
-            QMatMul::QTensor(q) if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => x.matmul(&q.dequantize(x.device())?.t()?)?,
             QMatMul::QTensor(q) if x.device().is_cpu() && kernel_type(q.dtype()).is_some() => multi_row_matmul(q, x)?,
+            // For block types our kernel lacks, a long prefill is faster through one
+            // dequantization and a dense GEMM than through candle's per-row dot products.
+            QMatMul::QTensor(q) if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => x.matmul(&q.dequantize(x.device())?.t()?)?,
             q => x.apply(q)?,
         };
         Ok(match &self.bias {
