@@ -8,13 +8,13 @@
 //! One implementation serves GGUF files (quantized matrices) and safetensors checkpoints
 //! (dense), reading every size from the model's own config.
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::Deserialize;
 
 use crate::decoder::{Block, Decoder, Heads, Mlp, Norm};
 use crate::gguf::GgufFile;
 use crate::layers::{Llama3RopeScaling, RmsNorm, Rotary};
-use crate::model::{BatchItem, CausalLm, ModelInfo};
+use crate::model::ModelInfo;
 use crate::weights::{Linear, WeightStore};
 use crate::{Error, Result};
 
@@ -178,11 +178,8 @@ impl LlamaConfig {
     }
 }
 
-/// A loaded Llama-family model: the shared decoder with RMSNorm and a SwiGLU MLP.
-pub struct Llama {
-    cfg: LlamaConfig,
-    decoder: Decoder,
-}
+/// The Llama family's loaders: the shared [`Decoder`] with RMSNorm and a SwiGLU MLP.
+pub struct Llama;
 
 /// Tensor names in the two layouts.
 fn names(gguf: bool, layer: usize) -> [String; 9] {
@@ -216,7 +213,7 @@ fn names(gguf: bool, layer: usize) -> [String; 9] {
 }
 
 impl Llama {
-    pub fn load(cfg: LlamaConfig, store: &WeightStore, device: &Device) -> Result<Self> {
+    pub fn load(cfg: LlamaConfig, store: &WeightStore, device: &Device) -> Result<Decoder> {
         cfg.validate(store.path())?;
         let gguf = store.is_gguf();
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
@@ -286,43 +283,22 @@ impl Llama {
             key_value: cfg.kv_heads(),
             dim: hd,
         };
-        Ok(Llama {
-            cfg,
-            decoder: Decoder {
-                info,
-                device: device.clone(),
-                heads,
-                embed,
-                blocks,
-                norm,
-                lm_head,
-                rotary,
-            },
+        Ok(Decoder {
+            info,
+            device: device.clone(),
+            heads,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rotary,
         })
-    }
-
-    pub fn config(&self) -> &LlamaConfig {
-        &self.cfg
-    }
-}
-
-impl CausalLm for Llama {
-    fn info(&self) -> &ModelInfo {
-        &self.decoder.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.decoder.device
-    }
-
-    fn forward(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
-        self.decoder.forward(batch)
     }
 }
 
 impl Llama {
     /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors).
-    pub fn from_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+    pub fn from_dir(dir: &std::path::Path, device: &Device) -> Result<Decoder> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
@@ -331,7 +307,7 @@ impl Llama {
     }
 
     /// Loads a GGUF file of the `llama` or `qwen2` architecture.
-    pub fn from_gguf(gguf: GgufFile, device: &Device) -> Result<Self> {
+    pub fn from_gguf(gguf: GgufFile, device: &Device) -> Result<Decoder> {
         let cfg = LlamaConfig::from_gguf(&gguf)?;
         Self::load(cfg, &WeightStore::Gguf(gguf), device)
     }

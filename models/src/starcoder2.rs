@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::Deserialize;
 
 use crate::decoder::{Block, Decoder, Heads, Mlp, Norm};
 use crate::gguf::GgufFile;
 use crate::layers::{LayerNorm, Rotary};
-use crate::model::{BatchItem, CausalLm, ModelInfo};
+use crate::model::ModelInfo;
 use crate::weights::{Linear, WeightStore};
 use crate::{Error, Result};
 
@@ -124,13 +124,11 @@ impl StarCoder2Config {
     }
 }
 
-/// A loaded StarCoder2 model.
-pub struct StarCoder2 {
-    decoder: Decoder,
-}
+/// StarCoder2's loaders: the shared [`Decoder`] with LayerNorms and a GELU MLP.
+pub struct StarCoder2;
 
 impl StarCoder2 {
-    pub fn load(cfg: StarCoder2Config, store: &WeightStore, device: &Device) -> Result<Self> {
+    pub fn load(cfg: StarCoder2Config, store: &WeightStore, device: &Device) -> Result<Decoder> {
         cfg.validate(store.path())?;
         let gguf = store.is_gguf();
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
@@ -195,54 +193,38 @@ impl StarCoder2 {
             Some(w) if w < cfg.max_position_embeddings => w,
             _ => cfg.max_position_embeddings,
         };
-        Ok(StarCoder2 {
-            decoder: Decoder {
-                info: ModelInfo {
-                    architecture: "starcoder2".into(),
-                    vocab_size: cfg.vocab_size,
-                    max_context,
-                    num_layers: cfg.num_hidden_layers,
-                    weight_bytes: store.total_bytes(),
-                },
-                device: device.clone(),
-                heads: Heads {
-                    query: cfg.num_attention_heads,
-                    key_value: cfg.num_key_value_heads,
-                    dim: hd,
-                },
-                embed,
-                blocks,
-                norm: final_norm,
-                lm_head,
-                rotary,
+        Ok(Decoder {
+            info: ModelInfo {
+                architecture: "starcoder2".into(),
+                vocab_size: cfg.vocab_size,
+                max_context,
+                num_layers: cfg.num_hidden_layers,
+                weight_bytes: store.total_bytes(),
             },
+            device: device.clone(),
+            heads: Heads {
+                query: cfg.num_attention_heads,
+                key_value: cfg.num_key_value_heads,
+                dim: hd,
+            },
+            embed,
+            blocks,
+            norm: final_norm,
+            lm_head,
+            rotary,
         })
     }
 
     /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors).
-    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Decoder> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let cfg: StarCoder2Config = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
         Self::load(cfg, &WeightStore::open_safetensors_dir(dir)?, device)
     }
 
-    pub fn from_gguf(gguf: GgufFile, device: &Device) -> Result<Self> {
+    pub fn from_gguf(gguf: GgufFile, device: &Device) -> Result<Decoder> {
         let cfg = StarCoder2Config::from_gguf(&gguf)?;
         Self::load(cfg, &WeightStore::Gguf(gguf), device)
-    }
-}
-
-impl CausalLm for StarCoder2 {
-    fn info(&self) -> &ModelInfo {
-        &self.decoder.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.decoder.device
-    }
-
-    fn forward(&self, batch: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
-        self.decoder.forward(batch)
     }
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use tessera_kernels::QuantType;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use tessera_kernels::QuantType;
 
 use crate::gguf::GgufFile;
 use crate::{Error, Result};

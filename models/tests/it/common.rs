@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use tessera_models::decoder::Decoder;
 use tessera_models::engine::Engine;
 use tessera_models::llama::Llama;
 
@@ -13,7 +14,7 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-pub fn load_fixture_llama(name: &str) -> Arc<Llama> {
+pub fn load_fixture_llama(name: &str) -> Arc<Decoder> {
     Arc::new(Llama::from_dir(&fixture(name), &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}")))
 }
 
