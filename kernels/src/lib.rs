@@ -8,7 +8,7 @@
 //! weight row is decoded once, into registers, and multiplied with every activation row
 //! (in tiles of up to 8 rows, whose accumulators are registers too).
 //!
-//! Both sides are cut into *groups* of 8 *lanes* ([`layout`]): a lane is one quantization
+//! Both sides are cut into *groups* of 8 *lanes* (`layout`): a lane is one quantization
 //! block (or sub-block) and the bytes of a group are interleaved so that one 32-byte vector
 //! holds 4 bytes of each lane. A SIMD dot product of two such vectors then leaves the sum of
 //! lane `i` in 32-bit element `i`, and the per-block scales are applied to all 8 lanes with
@@ -18,8 +18,8 @@
 //!
 //! Parallelism: rayon tasks over ranges of output columns, each with its own weight rows.
 //!
-//! Code map: [`layout`] (groups and lanes), [`activation`] (quantizing the activation rows),
-//! [`decode`] and [`scalar`] (the portable path, always compiled and tested), `x86` (AVX2,
+//! Code map: `layout` (groups and lanes), `activation` (quantizing the activation rows),
+//! `decode` and `scalar` (the portable path, always compiled and tested), `x86` (AVX2,
 //! and AVX-512 VNNI where the CPU has it, picked at run time).
 
 mod activation;

@@ -3,9 +3,9 @@
 //! features were detected.
 //!
 //! A task walks its weight rows; each group of a row is decoded once, into registers, by an
-//! AVX2 decoder for its format, and multiplied with every activation row, either with AVX2
-//! (`vpmaddubsw` + `vpmaddwd`) or with AVX-512 VNNI on 256-bit vectors (`vpdpbusd`). The
-//! accumulators of the activation rows stay on the stack for the whole weight row.
+//! AVX2 decoder for its format, and multiplied with every activation row of a tile (up to
+//! 8, their accumulators in registers too), either with AVX2 (`vpmaddubsw` + `vpmaddwd`) or
+//! with AVX-512 VNNI on 256-bit vectors (`vpdpbusd`).
 //!
 //! Everything computes the same integers and the same fused multiply-adds, in the same
 //! order, as [`crate::scalar`], so results agree bit for bit with the portable path.
@@ -50,9 +50,10 @@ const L1_ACTIVATIONS: usize = 16 << 10;
 /// Weight rows that go by a span of activations before the next span is loaded.
 const ROW_BLOCK: usize = 16;
 
-/// How far ahead (in weight rows) the weights are prefetched into L2. The hardware
-/// prefetchers alone left multi-row products of long rows (k = 4864) waiting on memory,
-/// twice as slow as with the weights in cache; into L1 (`T0`) slowed single rows down.
+/// How far ahead (in weight rows) the weights are prefetched into L2, when the activations
+/// overflow [`L1_ACTIVATIONS`]: then (3 or more rows of k = 4864) the hardware prefetchers
+/// alone left the product waiting on memory, twice as slow as with the weights in cache.
+/// Otherwise they do better alone: prefetching cost 10% to 40% there.
 const PREFETCH_ROWS: usize = 2;
 
 /// Asks for the first `len` bytes of `bytes` (fewer if it is shorter) to be brought into
@@ -160,7 +161,7 @@ static NO_WIDE: XGroup<8> = XGroup::ZERO;
 static NO_NARROW: XGroup<4> = XGroup::ZERO;
 
 macro_rules! task {
-    ($name:ident, $features:literal, $sums:ident, $site:literal) => {
+    ($name:ident, $features:literal, $sums:ident, $vnni:literal) => {
         /// Computes a task's outputs for `R` activation rows: each group of each weight row
         /// is decoded once and multiplied with every row. Long rows are cut into spans of
         /// groups whose activations stay in L1 while a block of weight rows goes by.
@@ -173,6 +174,7 @@ macro_rules! task {
             outs: &mut [&mut [f32]],
         ) {
             let span = (L1_ACTIVATIONS / (R * size_of::<XGroup<8>>())).max(1);
+            let prefetching = span < layout.groups();
             let cols = weight.len() / row_bytes;
             let mut acc = [[_mm256_setzero_ps(); R]; ROW_BLOCK];
             for first in (0..cols).step_by(ROW_BLOCK) {
@@ -182,7 +184,7 @@ macro_rules! task {
                     let end = layout.groups().min(start + span);
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let row = &weight[(first + j) * row_bytes..][..row_bytes];
-                        if R > 1 && start == 0 {
+                        if prefetching && start == 0 {
                             prefetch(
                                 weight
                                     .get((first + j + PREFETCH_ROWS) * row_bytes..)
@@ -192,7 +194,7 @@ macro_rules! task {
                         }
                         let mut a = *acc;
                         for g in start..end.min(layout.wide) {
-                            let grp = decode_wide::<TY, BB, R, $site>(row, g);
+                            let grp = decode_wide::<TY, BB, R, $vnni>(row, g);
                             let mut x = [&NO_WIDE; R];
                             for (x, row) in x.iter_mut().zip(tile) {
                                 *x = &row.wide[g];
@@ -203,7 +205,7 @@ macro_rules! task {
                             }
                         }
                         for g in start.max(layout.wide)..end {
-                            let grp = decode_narrow::<TY, BB, R, $site>(row, layout, g);
+                            let grp = decode_narrow::<TY, BB, R, $vnni>(row, layout, g);
                             let mut x = [&NO_NARROW; R];
                             for (x, row) in x.iter_mut().zip(tile) {
                                 *x = &row.narrow[g - layout.wide];
@@ -304,8 +306,8 @@ fn sums_vnni<const TY: u8, const NV: usize, const R: usize>(grp: &Group<NV>, x: 
     s0
 }
 
-// Loads and stores through fixed-size arrays, so that bounds are checked by the types and
-// the hot loops need no `unsafe`.
+// Loads through fixed-size arrays, so that bounds are checked by the types and the hot
+// loops need no `unsafe`.
 
 #[inline]
 #[target_feature(enable = "avx2")]
