@@ -64,7 +64,7 @@ pub fn top_k(xs: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k <= 64 {
         let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
         for (i, &x) in xs.iter().enumerate() {
-            if best.len() == k && !(x > best[k - 1].1) {
+            if best.len() == k && x.partial_cmp(&best[k - 1].1) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
             let pos = best.partition_point(|&(_, v)| v >= x);
