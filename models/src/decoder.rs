@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use crate::Result;
 use crate::layers::{self, AttentionInput, LayerNorm, RmsNorm, Rotary};
 use crate::model::{BatchItem, CausalLm, ModelInfo, check_batch};
-use crate::weights::{Embedding, Linear};
+use crate::weights::{Embedding, Linear, Projections};
 
 #[derive(Debug, Clone)]
 pub enum Norm {
@@ -28,8 +28,8 @@ impl Norm {
 
 #[derive(Debug, Clone)]
 pub enum Mlp {
-    /// `down(silu(gate(x)) * up(x))` (Shazeer 2020).
-    SwiGlu { gate: Linear, up: Linear, down: Linear },
+    /// `down(silu(gate(x)) * up(x))` (Shazeer 2020); `gate_up` yields gate then up.
+    SwiGlu { gate_up: Projections, down: Linear },
     /// `proj(gelu_tanh(fc(x)))`.
     Gelu { fc: Linear, proj: Linear },
 }
@@ -37,8 +37,12 @@ pub enum Mlp {
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Mlp::SwiGlu { gate, up, down } => {
-                let h = (candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?)?;
+            Mlp::SwiGlu { gate_up, down } => {
+                let [gate, up]: [Tensor; 2] = gate_up
+                    .forward(x)?
+                    .try_into()
+                    .map_err(|_| crate::Error::InvalidInput("gate/up projections must be two".into()))?;
+                let h = (candle_nn::ops::silu(&gate)? * up)?;
                 down.forward(&h)
             }
             Mlp::Gelu { fc, proj } => proj.forward(&fc.forward(x)?.gelu()?),
@@ -49,9 +53,8 @@ impl Mlp {
 #[derive(Debug, Clone)]
 pub struct Block {
     pub attn_norm: Norm,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    /// q, k and v, in that order.
+    pub qkv: Projections,
     pub o: Linear,
     pub mlp_norm: Norm,
     pub mlp: Mlp,
@@ -108,7 +111,11 @@ impl CausalLm for Decoder {
             .collect();
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let (q, k, v) = (block.q.forward(&h)?, block.k.forward(&h)?, block.v.forward(&h)?);
+            let [q, k, v]: [Tensor; 3] = block
+                .qkv
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| crate::Error::InvalidInput("q/k/v projections must be three".into()))?;
             let mut outs = Vec::with_capacity(batch.len());
             let mut start = 0;
             for (item, kv) in batch.iter().zip(new_kv.iter_mut()) {

@@ -15,7 +15,7 @@ use crate::decoder::{Block, Decoder, Heads, Mlp, Norm};
 use crate::gguf::GgufFile;
 use crate::layers::{Llama3RopeScaling, RmsNorm, Rotary};
 use crate::model::ModelInfo;
-use crate::weights::{Linear, WeightStore};
+use crate::weights::{Linear, Projections, WeightStore};
 use crate::{Error, Result};
 
 /// Hyper-parameters, with Hugging Face `config.json` field names.
@@ -237,14 +237,18 @@ impl Llama {
             };
             blocks.push(Block {
                 attn_norm: norm(&an)?,
-                q: lin(&q, nq, h, bias)?,
-                k: lin(&k, nkv, h, bias)?,
-                v: lin(&v, nkv, h, bias)?,
+                qkv: Projections::new(vec![
+                    (lin(&q, nq, h, bias)?, nq),
+                    (lin(&k, nkv, h, bias)?, nkv),
+                    (lin(&v, nkv, h, bias)?, nkv),
+                ])?,
                 o: lin(&o, h, nq, false)?,
                 mlp_norm: norm(&mn)?,
                 mlp: Mlp::SwiGlu {
-                    gate: lin(&gate, cfg.intermediate_size, h, false)?,
-                    up: lin(&up, cfg.intermediate_size, h, false)?,
+                    gate_up: Projections::new(vec![
+                        (lin(&gate, cfg.intermediate_size, h, false)?, cfg.intermediate_size),
+                        (lin(&up, cfg.intermediate_size, h, false)?, cfg.intermediate_size),
+                    ])?,
                     down: lin(&down, h, cfg.intermediate_size, false)?,
                 },
             });

@@ -12,7 +12,7 @@ use crate::decoder::{Block, Decoder, Heads, Mlp, Norm};
 use crate::gguf::GgufFile;
 use crate::layers::{LayerNorm, Rotary};
 use crate::model::ModelInfo;
-use crate::weights::{Linear, WeightStore};
+use crate::weights::{Linear, Projections, WeightStore};
 use crate::{Error, Result};
 
 /// Hyper-parameters, with Hugging Face `config.json` field names.
@@ -160,9 +160,11 @@ impl StarCoder2 {
             };
             blocks.push(Block {
                 attn_norm: norm(&n("input_layernorm", "attn_norm"))?,
-                q: lin(&n("self_attn.q_proj", "attn_q"), nq, h)?,
-                k: lin(&n("self_attn.k_proj", "attn_k"), nkv, h)?,
-                v: lin(&n("self_attn.v_proj", "attn_v"), nkv, h)?,
+                qkv: Projections::new(vec![
+                    (lin(&n("self_attn.q_proj", "attn_q"), nq, h)?, nq),
+                    (lin(&n("self_attn.k_proj", "attn_k"), nkv, h)?, nkv),
+                    (lin(&n("self_attn.v_proj", "attn_v"), nkv, h)?, nkv),
+                ])?,
                 o: lin(&n("self_attn.o_proj", "attn_output"), h, nq)?,
                 mlp_norm: norm(&n("post_attention_layernorm", "ffn_norm"))?,
                 mlp: Mlp::Gelu {

@@ -220,6 +220,37 @@ impl Linear {
         Linear { weight, bias }
     }
 
+    /// One linear computing `[self(x), other(x)]`, when both store their weights the
+    /// same way (same block type, both with or without bias). Stacking rows of ggml
+    /// blocks is a byte concatenation, so nothing is requantized.
+    pub fn stack(&self, other: &Linear) -> Result<Option<Linear>> {
+        let bias = match (&self.bias, &other.bias) {
+            (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0)?),
+            (None, None) => None,
+            _ => return Ok(None),
+        };
+        let weight = match (&self.weight, &other.weight) {
+            (QMatMul::Tensor(a), QMatMul::Tensor(b)) => QMatMul::Tensor(Tensor::cat(&[a, b], 0)?),
+            (QMatMul::QTensor(a), QMatMul::QTensor(b)) if a.dtype() == b.dtype() && a.device().is_cpu() => {
+                let ((n1, k1), (n2, k2)) = (a.shape().dims2()?, b.shape().dims2()?);
+                if k1 != k2 {
+                    return Ok(None);
+                }
+                let mut bytes = a.data()?.into_owned();
+                bytes.extend_from_slice(&b.data()?);
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    a.dtype(),
+                    &bytes,
+                    vec![n1 + n2, k1],
+                    &Device::Cpu,
+                )?;
+                QMatMul::from_arc(Arc::new(q))?
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Linear { weight, bias }))
+    }
+
     /// `x`: `[n, in]` -> `[n, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
@@ -234,6 +265,50 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+/// Several projections of the same input (q/k/v, gate/up): adjacent ones whose weights
+/// are stored alike run as one matrix, so the input is quantized once and the kernel is
+/// dispatched once per group.
+#[derive(Debug, Clone)]
+pub struct Projections {
+    /// Each group and the output widths it produces, in order.
+    groups: Vec<(Linear, Vec<usize>)>,
+}
+
+impl Projections {
+    pub fn new(parts: Vec<(Linear, usize)>) -> Result<Self> {
+        let mut groups: Vec<(Linear, Vec<usize>)> = Vec::new();
+        for (lin, width) in parts {
+            if let Some((last, widths)) = groups.last_mut()
+                && let Some(stacked) = last.stack(&lin)?
+            {
+                *last = stacked;
+                widths.push(width);
+                continue;
+            }
+            groups.push((lin, vec![width]));
+        }
+        Ok(Projections { groups })
+    }
+
+    /// The projections of `x`, one tensor per part, in the order given to `new`.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        for (lin, widths) in &self.groups {
+            let y = lin.forward(x)?;
+            if widths.len() == 1 {
+                out.push(y);
+                continue;
+            }
+            let mut start = 0;
+            for &w in widths {
+                out.push(y.narrow(1, start, w)?);
+                start += w;
+            }
+        }
+        Ok(out)
     }
 }
 
