@@ -278,6 +278,13 @@ pub struct Projections {
 }
 
 impl Projections {
+    /// Projections kept as separate matrices.
+    pub fn separate(parts: Vec<(Linear, usize)>) -> Self {
+        Projections {
+            groups: parts.into_iter().map(|(lin, w)| (lin, vec![w])).collect(),
+        }
+    }
+
     pub fn new(parts: Vec<(Linear, usize)>) -> Result<Self> {
         let mut groups: Vec<(Linear, Vec<usize>)> = Vec::new();
         for (lin, width) in parts {
@@ -302,9 +309,13 @@ impl Projections {
                 out.push(y);
                 continue;
             }
+            // Column slices of a many-row output are strided; the element-wise ops that
+            // follow are much slower on strided views than one copy into place.
+            let rows = y.dim(0)?;
             let mut start = 0;
             for &w in widths {
-                out.push(y.narrow(1, start, w)?);
+                let part = y.narrow(1, start, w)?;
+                out.push(if rows > 1 { part.contiguous()? } else { part });
                 start += w;
             }
         }
