@@ -100,6 +100,10 @@ impl CausalLm for Decoder {
         // All sequences' new tokens are packed into one `[tokens, hidden]` matrix, so the
         // projections read each weight once per step whatever the batch size.
         let mut x = self.embed.forward(&ids, &self.device)?;
+        let lockstep = batch.len() > 1
+            && batch
+                .iter()
+                .all(|item| item.tokens.len() == 1 && item.cache.len() == batch[0].cache.len());
         let mut new_kv: Vec<(Vec<Tensor>, Vec<Tensor>)> = batch
             .iter()
             .map(|_| {
@@ -116,6 +120,37 @@ impl CausalLm for Decoder {
                 .forward(&h)?
                 .try_into()
                 .map_err(|_| crate::Error::InvalidInput("q/k/v projections must be three".into()))?;
+            if lockstep {
+                // Beams: one new token each at the same position. Rotate and attend for
+                // all sequences at once instead of once per sequence.
+                let b = batch.len();
+                let pos = batch[0].cache.len();
+                let q = self.rotary.apply_same_position(&q.reshape((b, nh, hd))?, pos)?;
+                let k = self.rotary.apply_same_position(&k.reshape((b, nkv, hd))?, pos)?;
+                let v = v.reshape((b, nkv, hd))?;
+                let mut ks = Vec::with_capacity(b);
+                let mut vs = Vec::with_capacity(b);
+                for (i, (item, kv)) in batch.iter().zip(new_kv.iter_mut()).enumerate() {
+                    let ki = k.narrow(0, i, 1)?.transpose(0, 1)?.contiguous()?;
+                    let vi = v.narrow(0, i, 1)?.transpose(0, 1)?.contiguous()?;
+                    let (ka, va) = item.cache.gather_with(layer, &ki, &vi)?;
+                    ks.push(ka);
+                    vs.push(va);
+                    kv.0.push(ki);
+                    kv.1.push(vi);
+                }
+                // q: [b, kv_heads, group, hd]; keys/values: [b, kv_heads, total, hd].
+                let q = q.reshape((b, nkv, nh / nkv, hd))?;
+                let keys = Tensor::stack(&ks, 0)?;
+                let values = Tensor::stack(&vs, 0)?;
+                let scores = (q.matmul(&keys.transpose(2, 3)?)? / (hd as f64).sqrt())?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let attn = probs.matmul(&values)?.reshape((b, nh * hd))?;
+                x = (x + block.o.forward(&attn)?)?;
+                let h = block.mlp_norm.forward(&x)?;
+                x = (x + block.mlp.forward(&h)?)?;
+                continue;
+            }
             let mut outs = Vec::with_capacity(batch.len());
             let mut start = 0;
             for (item, kv) in batch.iter().zip(new_kv.iter_mut()) {

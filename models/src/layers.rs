@@ -117,6 +117,20 @@ impl Rotary {
         self.cos.dim(0).unwrap_or(0)
     }
 
+    /// `x`: `[batch, heads, head_dim]`, every sequence at position `pos`.
+    pub fn apply_same_position(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (b, h, d) = x.dims3()?;
+        let cos = self.cos.narrow(0, pos, 1)?;
+        let sin = self.sin.narrow(0, pos, 1)?;
+        let x4 = x.reshape((b, h, 1, d))?.contiguous()?;
+        let y = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&x4, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x4, &cos, &sin)?
+        };
+        Ok(y.reshape((b, h, d))?)
+    }
+
     /// `x`: `[heads, n, head_dim]` at positions `start..start + n`.
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let (_, n, _) = x.dims3()?;

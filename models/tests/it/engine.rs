@@ -322,3 +322,34 @@ fn independent_requests_batched_equal_requests_run_alone() {
         assert_eq!(batched[1][0].tokens, alone[1], "{name}: second request");
     }
 }
+
+#[test]
+fn lockstep_beam_batches_equal_sequences_run_one_by_one() {
+    // Forks of one prefix, each adding a different token at the same position: the
+    // shape of every beam-search step.
+    for name in MODELS {
+        let model = load_fixture_llama(name);
+        let ids = prompt();
+        let mut base = SeqCache::new();
+        model
+            .forward(&mut [BatchItem { tokens: &ids, cache: &mut base, all_logits: false }])
+            .unwrap();
+        let next = [5u32, 77, 200];
+        let mut forks: Vec<SeqCache> = next.iter().map(|_| base.fork()).collect();
+        let singles: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let mut batch: Vec<BatchItem<'_>> = forks
+            .iter_mut()
+            .zip(&singles)
+            .map(|(cache, t)| BatchItem { tokens: t, cache, all_logits: false })
+            .collect();
+        let together = model.forward(&mut batch).unwrap();
+        for (i, &t) in next.iter().enumerate() {
+            let mut alone = ids.clone();
+            alone.push(t);
+            let want = Engine::new(model.clone()).logits(&alone).unwrap().narrow(0, ids.len(), 1).unwrap();
+            let diff = max_abs_diff(&together[i], &want);
+            assert!(diff <= TOL, "{name}: beam {i} differs by {diff}");
+            assert_eq!(forks[i].len(), ids.len() + 1);
+        }
+    }
+}
