@@ -332,7 +332,11 @@ fn lockstep_beam_batches_equal_sequences_run_one_by_one() {
         let ids = prompt();
         let mut base = SeqCache::new();
         model
-            .forward(&mut [BatchItem { tokens: &ids, cache: &mut base, all_logits: false }])
+            .forward(&mut [BatchItem {
+                tokens: &ids,
+                cache: &mut base,
+                all_logits: false,
+            }])
             .unwrap();
         let next = [5u32, 77, 200];
         let mut forks: Vec<SeqCache> = next.iter().map(|_| base.fork()).collect();
@@ -340,13 +344,21 @@ fn lockstep_beam_batches_equal_sequences_run_one_by_one() {
         let mut batch: Vec<BatchItem<'_>> = forks
             .iter_mut()
             .zip(&singles)
-            .map(|(cache, t)| BatchItem { tokens: t, cache, all_logits: false })
+            .map(|(cache, t)| BatchItem {
+                tokens: t,
+                cache,
+                all_logits: false,
+            })
             .collect();
         let together = model.forward(&mut batch).unwrap();
         for (i, &t) in next.iter().enumerate() {
             let mut alone = ids.clone();
             alone.push(t);
-            let want = Engine::new(model.clone()).logits(&alone).unwrap().narrow(0, ids.len(), 1).unwrap();
+            let want = Engine::new(model.clone())
+                .logits(&alone)
+                .unwrap()
+                .narrow(0, ids.len(), 1)
+                .unwrap();
             let diff = max_abs_diff(&together[i], &want);
             assert!(diff <= TOL, "{name}: beam {i} differs by {diff}");
             assert_eq!(forks[i].len(), ids.len() + 1);
