@@ -48,6 +48,12 @@ pub struct LlamaConfig {
     /// Qwen2 has q/k/v biases without saying so in its config.
     #[serde(default)]
     pub attention_bias: Option<bool>,
+    /// Mistral's sliding-window attention span; Qwen2 declares one but only uses it when
+    /// `use_sliding_window` is set.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
     #[serde(skip)]
     pub rope_interleaved: bool,
 }
@@ -72,6 +78,16 @@ impl LlamaConfig {
         self.rope_theta
             .or_else(|| self.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
             .unwrap_or(10_000.0)
+    }
+
+    /// Positions the model may attend over. Sliding-window masking is not implemented, so
+    /// a model that slides is limited to its window rather than silently attending past it.
+    pub fn max_context(&self) -> usize {
+        let slides = self.use_sliding_window.unwrap_or(self.model_type == "mistral");
+        match self.sliding_window {
+            Some(w) if slides && w > 0 => w.min(self.max_position_embeddings),
+            _ => self.max_position_embeddings,
+        }
     }
 
     fn qkv_bias(&self) -> bool {
@@ -168,6 +184,8 @@ impl LlamaConfig {
             rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()),
             rope_scaling: None,
             rope_parameters: None,
+            sliding_window: None,
+            use_sliding_window: None,
             max_position_embeddings: g.get_usize(&key("context_length"))?,
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
             attention_bias: Some(g.tensor_info("blk.0.attn_q.bias").is_some()),
@@ -280,7 +298,7 @@ impl Llama {
         let info = ModelInfo {
             architecture: cfg.model_type.clone(),
             vocab_size: cfg.vocab_size,
-            max_context: cfg.max_position_embeddings,
+            max_context: cfg.max_context(),
             num_layers: cfg.num_hidden_layers,
             weight_bytes,
         };
@@ -316,5 +334,30 @@ impl Llama {
     pub fn from_gguf(gguf: GgufFile, device: &Device) -> Result<Decoder> {
         let cfg = LlamaConfig::from_gguf(&gguf)?;
         Self::load(cfg, &WeightStore::Gguf(gguf), device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> LlamaConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn sliding_windows_limit_the_context_only_when_used() {
+        let base = r#""vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 32768"#;
+        let mistral = cfg(&format!(
+            r#"{{"model_type": "mistral", "sliding_window": 4096, {base}}}"#
+        ));
+        assert_eq!(mistral.max_context(), 4096);
+        let qwen = cfg(&format!(
+            r#"{{"model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": false, {base}}}"#
+        ));
+        assert_eq!(qwen.max_context(), 32768);
+        let llama = cfg(&format!(r#"{{"model_type": "llama", {base}}}"#));
+        assert_eq!(llama.max_context(), 32768);
     }
 }
