@@ -314,7 +314,7 @@ pub fn generate_simple(
                 None => sampling::argmax(&l),
                 Some(s) => s.sample(&l),
             };
-            seq.logprob += sampling::log_softmax(&l)[tok as usize];
+            seq.logprob += l[tok as usize] - sampling::log_sum_exp(&l);
             seq.tokens.push(tok);
             if params.eos_ids.contains(&tok) {
                 seq.done = Some(FinishReason::Eos);
@@ -466,13 +466,21 @@ pub fn generate_beam(
         // Candidates: (total log-prob, beam, token), best 2k over all beams.
         let mut cands: Vec<(f32, usize, u32)> = Vec::with_capacity(beams.len() * 2 * k);
         for (bi, b) in beams.iter().enumerate() {
-            let mut lp = sampling::log_softmax(&row(&logits, bi)?);
+            let raw = row(&logits, bi)?;
             if params.repetition_penalty != 1.0 {
+                let mut lp = sampling::log_softmax(&raw);
                 let seen: Vec<u32> = prompt.iter().chain(&b.tokens).copied().collect();
                 sampling::apply_repetition_penalty(&mut lp, &seen, params.repetition_penalty);
-            }
-            for (tok, l) in sampling::top_k(&lp, 2 * k) {
-                cands.push((b.sum_logprob + l, bi, tok));
+                for (tok, l) in sampling::top_k(&lp, 2 * k) {
+                    cands.push((b.sum_logprob + l, bi, tok));
+                }
+            } else {
+                // Log-probabilities are the logits shifted by one constant, so the best
+                // tokens can be picked from the logits without materialising the vector.
+                let lse = sampling::log_sum_exp(&raw);
+                for (tok, l) in sampling::top_k(&raw, 2 * k) {
+                    cands.push((b.sum_logprob + (l - lse), bi, tok));
+                }
             }
         }
         cands.sort_by(|a, b| {

@@ -45,12 +45,17 @@ pub fn argmax(xs: &[f32]) -> u32 {
     best as u32
 }
 
-/// Numerically stable log-softmax.
-pub fn log_softmax(xs: &[f32]) -> Vec<f32> {
+/// `ln(sum(exp(xs)))`, computed stably: `log_softmax(xs)[i] == xs[i] - log_sum_exp(xs)`.
+pub fn log_sum_exp(xs: &[f32]) -> f32 {
     let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = xs.iter().map(|&x| (x - max).exp() as f64).sum();
-    let log_sum = max as f64 + sum.ln();
-    xs.iter().map(|&x| (x as f64 - log_sum) as f32).collect()
+    (max as f64 + sum.ln()) as f32
+}
+
+/// Numerically stable log-softmax.
+pub fn log_softmax(xs: &[f32]) -> Vec<f32> {
+    let log_sum = log_sum_exp(xs);
+    xs.iter().map(|&x| x - log_sum).collect()
 }
 
 /// The `k` largest values as `(index, value)`, largest first (ties: lower index first).
@@ -189,5 +194,8 @@ mod tests {
         let lp = log_softmax(&[1.0, 2.0, 3.0]);
         let total: f32 = lp.iter().map(|x| x.exp()).sum();
         assert!((total - 1.0).abs() < 1e-6);
+        assert!((lp[2] - (3.0 - log_sum_exp(&[1.0, 2.0, 3.0]))).abs() < 1e-7);
+        // Large logits do not overflow.
+        assert!((log_sum_exp(&[1000.0, 1000.0]) - (1000.0 + 2f32.ln())).abs() < 1e-3);
     }
 }
