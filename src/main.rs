@@ -2,6 +2,7 @@
 //! that owns it. Errors are printed as one clear line on stderr with exit code 2.
 
 mod generate;
+mod lsp;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,10 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt with a causal language model.
     Generate(generate::GenerateArgs),
+    /// Run the language server over stdio (stdout carries only JSON-RPC).
+    Lsp(lsp::LspArgs),
+    /// Complete code at FILE:LINE:COL once, through the language server's pipeline.
+    Complete(lsp::CompleteArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +52,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Lsp(args) => lsp::run_lsp(args),
+        Command::Complete(args) => lsp::run_complete(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

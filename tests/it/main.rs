@@ -2,3 +2,4 @@
 //! (fetched by `scripts/fetch-models`), exit codes and messages as a user sees them.
 
 mod generate;
+mod lsp;
