@@ -57,6 +57,7 @@ pub trait Backend: Send + Sync {
 pub struct LocalBackend {
     model: TextModel,
     stop_ids: Vec<u32>,
+    prefix_cache: bool,
 }
 
 impl LocalBackend {
@@ -70,7 +71,16 @@ impl LocalBackend {
                 stop_ids.push(id);
             }
         }
-        LocalBackend { model, stop_ids }
+        LocalBackend {
+            model,
+            stop_ids,
+            prefix_cache: true,
+        }
+    }
+
+    /// Off: the engine forgets cached prompt prefixes before each request.
+    pub fn set_prefix_cache(&mut self, on: bool) {
+        self.prefix_cache = on;
     }
 
     pub fn model(&self) -> &TextModel {
@@ -109,6 +119,9 @@ impl Backend for LocalBackend {
             cancel: Some(request.cancel.clone()),
             ..GenerateParams::default()
         };
+        if !self.prefix_cache {
+            self.model.engine.clear_prefix_cache();
+        }
         let generation = self.model.generate(&request.prompt, &params, None)?;
         let candidates = generation
             .completions

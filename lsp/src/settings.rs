@@ -50,6 +50,9 @@ pub struct Settings {
     pub enabled_languages: Option<Vec<String>>,
     /// Workspace files indexed, at most (0 turns indexing off).
     pub index_max_files: usize,
+    /// Reuse the engine's KV cache of prompt prefixes across requests (off: every request
+    /// prefills its whole prompt; for measurements).
+    pub prefix_cache: bool,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             deadline_ms: c.deadline.as_millis() as u64,
             enabled_languages: None,
             index_max_files: 5000,
+            prefix_cache: true,
         }
     }
 }
@@ -151,6 +155,7 @@ impl Settings {
             || self.api_key_env != other.api_key_env
             || self.remote_model != other.remote_model
             || self.template != other.template
+            || self.prefix_cache != other.prefix_cache
     }
 
     /// Loads the model or connects the remote backend (blocking: loading takes seconds).
@@ -161,7 +166,9 @@ impl Settings {
                 let device = loader::parse_device(&self.device)?;
                 let model = TextModel::load(&self.model, &device)?;
                 let family = family.unwrap_or_else(|| Family::detect(|t| model.tokenizer.token_id(t).is_some()));
-                Ok(Arc::new(LocalBackend::new(model, family.stop_tokens())))
+                let mut backend = LocalBackend::new(model, family.stop_tokens());
+                backend.set_prefix_cache(self.prefix_cache);
+                Ok(Arc::new(backend))
             }
             BackendKind::Openai => {
                 let endpoint = self
@@ -238,6 +245,7 @@ impl serde::Serialize for SettingsView<'_> {
         m.serialize_entry("deadlineMs", &x.deadline_ms)?;
         m.serialize_entry("enabledLanguages", &x.enabled_languages)?;
         m.serialize_entry("indexMaxFiles", &x.index_max_files)?;
+        m.serialize_entry("prefixCache", &x.prefix_cache)?;
         m.end()
     }
 }
