@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use crate::document::Snapshot;
 use crate::index::{self, WorkspaceIndex};
 use crate::language::Language;
+use crate::postprocess::DocumentStyle;
 use crate::syntax::{self, Mode};
 use crate::template::Snippet;
 
@@ -103,30 +104,58 @@ pub fn build(settings: &ContextSettings, inputs: &ContextInputs<'_>) -> Context 
     let snippet_budget = (budget as f32 * settings.snippet_share) as usize;
     let prefix_budget = budget - suffix_budget - snippet_budget;
 
-    // Prefix window: whole lines back from the cursor's line while they fit.
+    // Prefix window: whole lines back from the cursor's line while they fit. Only the lines
+    // above the cursor's line decide where it starts, so that typing on that line cannot move
+    // it: the cursor's line gets a reserve that grows in coarse steps.
     let line_text = |l: usize| &text[starts[l]..starts.get(l + 1).copied().unwrap_or(text.len())];
-    let mut used = count(&text[starts[cursor_line]..offset]);
-    let mut first = cursor_line;
-    while first > 0 {
-        let t = count(line_text(first - 1));
-        if used + t > prefix_budget {
+    let reserve_step = (prefix_budget / 16).max(8);
+    let reserve = count(&text[starts[cursor_line]..offset]).div_ceil(reserve_step).max(1) * reserve_step;
+    let above_budget = prefix_budget.saturating_sub(reserve);
+    // Tokens of the lines that fit, from the cursor's line upwards.
+    let mut line_tokens = Vec::new();
+    let mut above_used = 0;
+    while line_tokens.len() < cursor_line {
+        let t = count(line_text(cursor_line - 1 - line_tokens.len()));
+        if above_used + t > above_budget {
             break;
         }
-        used += t;
-        first -= 1;
+        above_used += t;
+        line_tokens.push(t);
     }
-    if first > 0 {
-        // Round up to a block boundary so the start moves rarely.
-        first = (first.div_ceil(LINE_STEP) * LINE_STEP).min(cursor_line);
+    // The first line of a window of the lines that fit in `budget`, rounded up to a block
+    // boundary so the start moves rarely (keeping at least half of the lines).
+    let window_first = |budget: usize| {
+        let mut used = 0;
+        let fitted = line_tokens
+            .iter()
+            .take_while(|&&t| {
+                used += t;
+                used <= budget
+            })
+            .count();
+        let first = cursor_line - fitted;
+        if first == 0 {
+            return 0;
+        }
+        let step = LINE_STEP.min(fitted / 2).max(1);
+        (first.div_ceil(step) * step).min(cursor_line)
+    };
+    let mut first = window_first(above_budget);
+    let mut prefix = String::new();
+    if first > 0
+        && let Some(tree) = tree
+    {
+        // The header sits above the window within the same budget: the lines it displaces
+        // leave the window's top.
+        let header_budget = prefix_budget / 3;
+        let header = elided_header(language, tree, text, starts[first], header_budget, count);
+        first = window_first(above_budget.saturating_sub(count(&header))).max(first);
+        let window: usize = line_tokens[..cursor_line - first].iter().sum();
+        let left = above_budget.saturating_sub(window);
+        prefix = elided_header(language, tree, text, starts[first], header_budget.min(left), count);
     }
     let window_start = starts[first];
-    let mut prefix = String::new();
-    if first > 0 {
-        if let Some(tree) = tree {
-            prefix = elided_header(language, tree, text, window_start, prefix_budget / 3, count);
-        }
-        used = count(&text[window_start..offset]) + count(&prefix);
-    }
+    let used = count(&prefix) + count(&text[window_start..offset]);
     prefix.push_str(&text[window_start..offset]);
 
     // Suffix: the rest of the cursor's line, then whole lines while they fit.
@@ -165,7 +194,7 @@ pub fn build(settings: &ContextSettings, inputs: &ContextInputs<'_>) -> Context 
             inputs.path,
             above_from,
             starts[cursor_line],
-            window_start,
+            first..next,
         ) {
             push(snip, &mut snippets);
         }
@@ -216,6 +245,11 @@ fn elided_header(
         head.push('\n');
     }
     let mut scopes = String::new();
+    // The file's own indentation step, for the elision comment inside each scope.
+    let unit = match DocumentStyle::detect(text).indent_spaces {
+        Some(n) => " ".repeat(n),
+        None => "\t".to_owned(),
+    };
     for (start, header) in index::enclosing_scopes(language, tree, text, window_start) {
         if start >= window_start {
             continue;
@@ -225,8 +259,10 @@ fn elided_header(
             .chars()
             .take_while(|c| c.is_whitespace())
             .collect();
-        let body_indent = format!("{indent}    ");
-        let block = format!("{indent}{header}{}\n{body_indent}{comment} ...\n", opener(language));
+        // The header comes dedented to column 0: its continuation lines (a decorator, a long
+        // parameter list) get the scope's indentation back.
+        let header = header.replace('\n', &format!("\n{indent}"));
+        let block = format!("{indent}{header}{}\n{indent}{unit}{comment} ...\n", opener(language));
         let t = count(&block);
         if used + t > budget {
             break;
@@ -246,8 +282,9 @@ fn opener(language: Language) -> &'static str {
     if language.indent_blocks() { ":" } else { " {" }
 }
 
-/// Signatures of the symbols used in `[from, to)` that are defined outside the prefix
-/// window, grouped by file, nearest use first.
+/// Signatures of the symbols used in `[from, to)` that are defined outside the lines of the
+/// document the prompt shows (`visible`: the prefix window and the suffix), grouped by file,
+/// nearest use first.
 #[allow(clippy::too_many_arguments)]
 fn symbol_snippets(
     settings: &ContextSettings,
@@ -257,19 +294,22 @@ fn symbol_snippets(
     path: &str,
     from: usize,
     to: usize,
-    window_start: usize,
+    visible: std::ops::Range<usize>,
 ) -> Vec<Snippet> {
-    let window_first_line = text[..window_start].matches('\n').count();
     let mut by_file: Vec<(String, Vec<String>)> = Vec::new();
     let mut taken = 0;
     let mut seen = HashSet::new();
     for name in syntax::identifiers_in(tree, text, from, to) {
-        if taken >= settings.max_symbols || name.len() < 2 {
+        if taken >= settings.max_symbols {
             break;
+        }
+        // One-letter names (`i`, `x`) are locals: skipped, and the search goes on.
+        if name.len() < 2 {
+            continue;
         }
         for sym in idx.lookup(&name, 2) {
             // Visible in the prompt already.
-            if sym.path == path && sym.line >= window_first_line {
+            if sym.path == path && visible.contains(&sym.line) {
                 continue;
             }
             if sym.signature.is_empty() || !seen.insert((sym.path.clone(), sym.line)) {

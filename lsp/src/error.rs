@@ -3,12 +3,9 @@
 /// Errors of the language server and its completion pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The message already holds the cause: no `#[source]`, so `{:#}` does not repeat it.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{0}")]
     InvalidInput(String),
     #[error("position {line}:{character} is outside the document {uri} ({lines} lines)")]
@@ -36,7 +33,7 @@ impl Error {
     pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_string(),
-            source,
+            error: source,
         }
     }
 }

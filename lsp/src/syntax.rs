@@ -59,6 +59,11 @@ pub fn completion_mode(language: Language, text: &str, tree: Option<&Tree>, offs
     if !closers_only(rest) {
         return Mode::SingleLine;
     }
+    if let Some(tree) = tree
+        && inside_string(tree, offset)
+    {
+        return Mode::SingleLine;
+    }
     let opener = if language.indent_blocks() { ':' } else { '{' };
     if !before.trim().is_empty() {
         // `fn f() {|` at the end of a line: the body follows.
@@ -88,6 +93,21 @@ pub fn completion_mode(language: Language, text: &str, tree: Option<&Tree>, offs
         }
     }
     Mode::SingleLine
+}
+
+/// The cursor is inside a string literal (where `{` opens an interpolation, not a block).
+fn inside_string(tree: &Tree, offset: usize) -> bool {
+    let mut node = tree
+        .root_node()
+        .descendant_for_byte_range(offset.saturating_sub(1), offset);
+    while let Some(n) = node {
+        let kind = n.kind();
+        if kind.contains("string") && n.start_byte() < offset && offset < n.end_byte() {
+            return true;
+        }
+        node = n.parent();
+    }
+    false
 }
 
 /// Net bracket depth change of `line`, ignoring brackets inside string literals and after
@@ -291,6 +311,8 @@ mod tests {
             (Rust, "fn main() {\n    let x = $0;\n}\n", SingleLine),
             (Rust, "fn main() {\n    let x = 1;\n    $0\n}\n", SingleLine),
             (Rust, "fn main() {\n    foo($0, 2);\n}\n", SingleLine),
+            (Rust, "fn main() {\n    println!(\"{$0}\");\n}\n", SingleLine),
+            (JavaScript, "const s = `Total: ${$0}`;\n", SingleLine),
             (Go, "func f() int {\n\t$0\n}\n", MultiLine),
             (
                 Java,

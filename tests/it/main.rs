@@ -1,5 +1,6 @@
 //! End-to-end tests of the `tessera` binary: real processes, real files, real weights
 //! (fetched by `scripts/fetch-models`), exit codes and messages as a user sees them.
 
+mod complete;
 mod generate;
 mod lsp;

@@ -1,1 +1,4 @@
 //! Integration tests of the language server crate.
+
+mod context;
+mod openai;
