@@ -332,7 +332,7 @@ impl LanguageServer for Backend {
                 })),
                 completion_provider: Some(CompletionOptions {
                     resolve_provider: Some(false),
-                    trigger_characters: Some(vec![".".into(), "(".into(), " ".into()]),
+                    trigger_characters: Some(vec![".".into(), "(".into()]),
                     ..CompletionOptions::default()
                 }),
                 inline_completion_provider: Some(OneOf::Left(true)),

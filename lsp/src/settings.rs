@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::Value;
 use tessera_models::loader::{self, TextModel};
 
 use crate::backend::{Backend, LocalBackend, OpenAiBackend};
@@ -87,11 +88,16 @@ impl Settings {
             return Ok(self.clone());
         };
         let mut base = serde_json::to_value(SettingsView(self)).unwrap_or_default();
+        let defaults = serde_json::to_value(SettingsView(&Settings::default())).unwrap_or_default();
         if let Some(b) = base.as_object_mut() {
             for (k, v) in obj {
-                if !v.is_null() {
-                    b.insert(k.clone(), v.clone());
-                }
+                // `null` resets a key to its default.
+                let v = if v.is_null() {
+                    defaults.get(k).cloned().unwrap_or(Value::Null)
+                } else {
+                    v.clone()
+                };
+                b.insert(k.clone(), v);
             }
         }
         let merged: Settings =
@@ -270,6 +276,13 @@ mod tests {
         assert!(base.merged(&serde_json::json!({"template": "nope"})).is_err());
         assert!(base.merged(&serde_json::json!({"backend": "openai"})).is_err());
         assert_eq!(base.merged(&serde_json::json!(null)).unwrap(), base);
+        let reset = s2
+            .merged(&serde_json::json!({"enabledLanguages": null, "beams": null}))
+            .unwrap();
+        assert_eq!(
+            (reset.enabled_languages, reset.beams, reset.max_tokens),
+            (None, base.beams, 7)
+        );
         assert!(!base.backend_changed(&s2));
         assert!(base.backend_changed(&base.merged(&serde_json::json!({"model": "x.gguf"})).unwrap()));
     }

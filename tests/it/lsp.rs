@@ -263,9 +263,25 @@ fn python_is_even_completes_to_the_modulo_test() {
     let mut c = Client::start(&[]);
     let init = c.initialize(json!({}), false);
     let caps = &init["result"]["capabilities"];
-    assert_eq!(caps["positionEncoding"], "utf-16");
-    assert_eq!(caps["inlineCompletionProvider"], true);
-    assert_eq!(caps["textDocumentSync"]["change"], 2);
+    expect_test::expect![[r#"
+        {
+          "completionProvider": {
+            "resolveProvider": false,
+            "triggerCharacters": [
+              ".",
+              "("
+            ]
+          },
+          "inlineCompletionProvider": true,
+          "positionEncoding": "utf-16",
+          "textDocumentSync": {
+            "change": 2,
+            "openClose": true,
+            "save": true
+          }
+        }"#]]
+    .assert_eq(&serde_json::to_string_pretty(caps).unwrap());
+    assert_eq!(init["result"]["serverInfo"]["name"], "tessera");
     c.wait_ready();
     // Loading was reported with $/progress begin and end.
     let progress: Vec<&str> = c
@@ -310,7 +326,8 @@ fn python_is_even_completes_to_the_modulo_test() {
 #[test]
 fn rust_and_multi_line_completions_parse() {
     let mut c = Client::start(&[]);
-    c.initialize(json!({"beams": 3}), true);
+    let init = c.initialize(json!({"beams": 3}), true);
+    assert_eq!(init["result"]["capabilities"]["positionEncoding"], "utf-8");
     c.wait_ready();
     // Single-line Rust inside an expression.
     let src = "fn area(width: f64, height: f64) -> f64 {\n    width * $0\n}\n";
@@ -491,4 +508,50 @@ fn requests_before_initialize_and_after_shutdown_are_refused() {
     let r = inline(&mut c, "file:///tmp/a.py", &json!({"line": 0, "character": 0}));
     assert_eq!(r["error"]["code"], -32600, "{r}");
     c.notify("exit", json!(null));
+}
+
+#[test]
+fn configuration_changes_apply_and_non_ascii_positions_round_trip() {
+    let mut c = Client::start(&[]);
+    c.initialize(json!({"tessera": {"alternatives": 1}}), false);
+    c.wait_ready();
+    // UTF-16 positions after astral and accented characters on the cursor's line.
+    let src = "def greet(name):\n    banner = \"héllo 😀 \" + $0\n";
+    let (text, pos) = position_of(src, "$0");
+    assert_eq!(pos["character"], 27, "the 😀 counts two UTF-16 units");
+    c.open("file:///tmp/greet.py", "python", &text);
+    let r = inline(&mut c, "file:///tmp/greet.py", &pos);
+    let items = r["result"]["items"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(items.len(), 1, "alternatives: 1 from initializationOptions: {r}");
+    assert_eq!(items[0]["range"]["start"], pos);
+
+    // Python switched off: empty answers; switched back on: completions again.
+    c.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"tessera": {"enabledLanguages": ["rust"]}}}),
+    );
+    let (text, pos) = position_of("def is_even(n):\n    return $0", "$0");
+    c.open("file:///tmp/even.py", "python", &text);
+    let r = inline(&mut c, "file:///tmp/even.py", &pos);
+    assert_eq!(r["result"]["items"], json!([]), "{r}");
+    c.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"enabledLanguages": null, "alternatives": 2}}),
+    );
+    // A bad value is reported and ignored, the previous settings stay.
+    c.notify("workspace/didChangeConfiguration", json!({"settings": {"beams": 0}}));
+    c.wait_notification(|n| {
+        n["method"] == "window/logMessage"
+            && n["params"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("ignored configuration")
+    });
+    let r = inline(&mut c, "file:///tmp/even.py", &pos);
+    let items = r["result"]["items"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        items[0]["insertText"].as_str().unwrap().starts_with("n % 2 == 0"),
+        "{r}"
+    );
+    c.shutdown_and_exit();
 }
