@@ -3,6 +3,7 @@
 //! post-processing, and reranking so that candidates which leave the file parsing without
 //! new ERROR/MISSING nodes come first.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,7 +97,12 @@ pub struct Completer {
     cache: Mutex<ResultCache>,
     /// Generations run one at a time: they saturate the CPU anyway.
     generating: Mutex<()>,
+    /// Token counts of recently measured texts (lines, mostly), by hash.
+    token_counts: Mutex<HashMap<u64, usize>>,
 }
+
+/// Remembered token counts, at most.
+const TOKEN_COUNT_MEMO: usize = 100_000;
 
 fn elapsed_ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
@@ -112,6 +118,7 @@ impl Completer {
             index,
             cache: Mutex::new(ResultCache::new(64)),
             generating: Mutex::new(()),
+            token_counts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -178,7 +185,26 @@ impl Completer {
         }
 
         let backend = self.backend.clone();
-        let count = move |s: &str| backend.count_tokens(s);
+        let counts = &self.token_counts;
+        // Lines are counted again at every keystroke: remember their counts.
+        let count = move |s: &str| {
+            let key = {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(s, &mut h);
+                std::hash::Hasher::finish(&h)
+            };
+            if let Some(n) = counts.lock().ok().and_then(|m| m.get(&key).copied()) {
+                return n;
+            }
+            let n = backend.count_tokens(s);
+            if let Ok(mut m) = counts.lock() {
+                if m.len() >= TOKEN_COUNT_MEMO {
+                    m.clear();
+                }
+                m.insert(key, n);
+            }
+            n
+        };
         let ctx = context::build(
             &settings.context,
             &ContextInputs {
@@ -196,12 +222,21 @@ impl Completer {
         } else {
             ""
         };
+        let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+        // Token healing for whitespace: a prompt ending in part of a whitespace token (the
+        // indentation typed so far, the space after `return`) makes the model finish that
+        // token instead of writing code. The prompt stops before it; the model writes it
+        // and `unheal` takes it off again.
+        let line_before = &text[line_start..offset];
+        let heal = &line_before[line_before.trim_end_matches([' ', '\t']).len()..];
+        let prefix = &ctx.prefix[..ctx.prefix.len() - heal.len()];
         let prompt = self.family.render(&PromptParts {
             repo: &settings.repo_name,
             path: req.path,
             language,
             snippets: &ctx.snippets,
-            prefix: &ctx.prefix,
+            prefix,
             suffix,
         });
         let max_tokens = match ctx.mode {
@@ -214,6 +249,8 @@ impl Completer {
             max_tokens,
             num_beams: settings.num_beams.max(1),
             num_return: settings.num_alternatives.clamp(1, settings.num_beams.max(1)),
+            // The rule skips the first line's indentation, so the healed whitespace the
+            // model writes first does not change its verdict.
             stop_predicate: Some(syntax::stop_rule(language, ctx.mode, &text[..offset])),
             cancel: engine_cancel.clone(),
             timeout: settings.deadline,
@@ -251,8 +288,6 @@ impl Completer {
         }
         let generate_ms = elapsed_ms(t1);
 
-        let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
         let style = DocumentStyle::detect(text);
         let around = Surroundings {
             line_before: &text[line_start..offset],
@@ -264,7 +299,7 @@ impl Completer {
         let baseline = req.snapshot.tree.as_ref().map(syntax::error_count);
         let mut items: Vec<Item> = Vec::new();
         for cand in output.candidates {
-            let mut raw = cand.text;
+            let mut raw = unheal(&cand.text, heal).to_owned();
             if !cand.finished && ctx.mode == Mode::MultiLine {
                 // Cut short by the deadline or the limit: keep whole lines only.
                 raw.truncate(raw.rfind('\n').unwrap_or(0));
@@ -324,6 +359,18 @@ impl Completer {
     }
 }
 
+/// A completion of a healed prompt, without the whitespace the document already has: the
+/// healed part when the model wrote it, else whatever whitespace the model began with.
+fn unheal<'a>(text: &'a str, heal: &str) -> &'a str {
+    if heal.is_empty() {
+        return text;
+    }
+    match text.strip_prefix(heal) {
+        Some(rest) => rest,
+        None => text.trim_start_matches([' ', '\t']),
+    }
+}
+
 fn point_of(text: &str, offset: usize) -> Point {
     let row = text[..offset].matches('\n').count();
     let col = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1);
@@ -347,4 +394,19 @@ fn errors_after_edit(snapshot: &Snapshot, start: usize, end: usize, insert: &str
         new_end_position: point_of(&new_text, start + insert.len()),
     });
     document::parse(snapshot.language, &new_text, Some(&tree)).map(|t| syntax::error_count(&t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unheal;
+
+    #[test]
+    fn healed_whitespace_is_taken_off_once() {
+        assert_eq!(unheal(" n % 2 == 0", " "), "n % 2 == 0");
+        assert_eq!(unheal("n % 2 == 0", " "), "n % 2 == 0");
+        assert_eq!(unheal("        x = 1", "    "), "    x = 1");
+        assert_eq!(unheal("  x = 1", "    "), "x = 1");
+        assert_eq!(unheal("\n    y", "    "), "\n    y");
+        assert_eq!(unheal(" x", ""), " x");
+    }
 }

