@@ -148,11 +148,12 @@ pub fn build(settings: &ContextSettings, inputs: &ContextInputs<'_>) -> Context 
         // The header sits above the window within the same budget: the lines it displaces
         // leave the window's top.
         let header_budget = prefix_budget / 3;
-        let header = elided_header(language, tree, text, starts[first], header_budget, count);
+        let imports = index::imports(language, tree, text);
+        let header = elided_header(language, tree, text, &imports, starts[first], header_budget, count);
         first = window_first(above_budget.saturating_sub(count(&header))).max(first);
         let window: usize = line_tokens[..cursor_line - first].iter().sum();
         let left = above_budget.saturating_sub(window);
-        prefix = elided_header(language, tree, text, starts[first], header_budget.min(left), count);
+        prefix = elided_header(language, tree, text, &imports, starts[first], header_budget.min(left), count);
     }
     let window_start = starts[first];
     let used = count(&prefix) + count(&text[window_start..offset]);
@@ -219,6 +220,7 @@ fn elided_header(
     language: Language,
     tree: &tree_sitter::Tree,
     text: &str,
+    import_ranges: &[std::ops::Range<usize>],
     window_start: usize,
     budget: usize,
     count: &dyn Fn(&str) -> usize,
@@ -227,7 +229,7 @@ fn elided_header(
     let mut head = String::new();
     let mut used = 0;
     let mut imports = String::new();
-    for r in index::imports(language, tree, text) {
+    for r in import_ranges.iter().cloned() {
         if r.end > window_start {
             break;
         }
