@@ -211,7 +211,7 @@ impl Settings {
 /// The tokens that make `Family::detect` pick `family` (remote models have no local vocab).
 fn fim_tokens(family: Family) -> Vec<String> {
     let t: &[&str] = match family {
-        Family::QwenCoder => &["<|fim_prefix|>", "<|fim_middle|>"],
+        Family::QwenCoder | Family::QwenCoderRepo => &["<|fim_prefix|>", "<|fim_middle|>"],
         Family::StarCoder2 => &["<fim_prefix>", "<file_sep>"],
         Family::StarCoder => &["<fim_prefix>"],
         Family::CodeLlama => &["<PRE>"],

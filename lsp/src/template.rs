@@ -28,9 +28,13 @@ pub struct PromptParts<'a> {
 /// A model family's fill-in-the-middle layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// Qwen2.5-Coder: `<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>`, repo-level
-    /// `<|repo_name|>` and `<|file_sep|>`.
+    /// Qwen2.5-Coder: `<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>`, snippets as
+    /// comments. The default for Qwen models: on our line-completion set the repo-level
+    /// layout below lowered Qwen2.5-Coder-0.5B-Instruct's edit similarity (docs/BENCHMARKS.md).
     QwenCoder,
+    /// Qwen2.5-Coder's repo-level layout: `<|repo_name|>`, one `<|file_sep|>` per snippet,
+    /// then the file's FIM.
+    QwenCoderRepo,
     /// StarCoder2: `<fim_prefix>…`, repo-level `<repo_name>` and `<file_sep>`.
     StarCoder2,
     /// StarCoder/SantaCoder: `<fim_prefix>…<fim_suffix>…<fim_middle>`, `<filename>`.
@@ -46,8 +50,9 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 8] = [
         Family::QwenCoder,
+        Family::QwenCoderRepo,
         Family::StarCoder2,
         Family::StarCoder,
         Family::CodeLlama,
@@ -78,6 +83,7 @@ impl Family {
     pub fn name(self) -> &'static str {
         match self {
             Family::QwenCoder => "qwen",
+            Family::QwenCoderRepo => "qwen-repo",
             Family::StarCoder2 => "starcoder2",
             Family::StarCoder => "starcoder",
             Family::CodeLlama => "codellama",
@@ -99,7 +105,7 @@ impl Family {
     /// Special tokens that end a fill: the model emits them when the middle is done.
     pub fn stop_tokens(self) -> &'static [&'static str] {
         match self {
-            Family::QwenCoder => &[
+            Family::QwenCoder | Family::QwenCoderRepo => &[
                 "<|endoftext|>",
                 "<|file_sep|>",
                 "<|fim_prefix|>",
@@ -141,6 +147,10 @@ impl Family {
         } = *parts;
         match self {
             Family::QwenCoder => {
+                let head = commented_snippets(language, snippets, path);
+                format!("<|fim_prefix|>{head}{prefix}<|fim_suffix|>{suffix}<|fim_middle|>")
+            }
+            Family::QwenCoderRepo => {
                 let mut s = format!("<|repo_name|>{repo}\n");
                 for snip in snippets {
                     s.push_str(&format!("<|file_sep|>{}\n{}\n", snip.path, snip.text.trim_end()));
@@ -233,6 +243,16 @@ mod tests {
             .collect();
         expect![[r#"
             == qwen
+            <|fim_prefix|>// Path: src/math.rs
+            // /// Sum.
+            // pub fn sum(xs: &[i32]) -> i32
+
+            // Path: src/lib.rs
+            fn add(a: i32, b: i32) -> i32 {
+                <|fim_suffix|>
+            }
+            <|fim_middle|>
+            == qwen-repo
             <|repo_name|>demo
             <|file_sep|>src/math.rs
             /// Sum.
@@ -290,7 +310,7 @@ mod tests {
 
             // Path: src/lib.rs
             fn add(a: i32, b: i32) -> i32 {
-                
+    
             == plain
             // Path: src/math.rs
             // /// Sum.
@@ -298,7 +318,7 @@ mod tests {
 
             // Path: src/lib.rs
             fn add(a: i32, b: i32) -> i32 {
-                "#]]
+    "#]]
         .assert_eq(&rendered.join("\n"));
     }
 

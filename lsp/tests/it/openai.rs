@@ -374,8 +374,7 @@ fn the_pipeline_over_openai_renders_a_fim_prompt_and_post_processes_the_choices(
     // The space after `return` is healed: the prompt stops before it, the model writes it.
     assert_eq!(
         body["prompt"],
-        "<|repo_name|>w\n<|file_sep|>is_even.py\n\
-         <|fim_prefix|>def is_even(n):\n    return<|fim_suffix|>\n<|fim_middle|>"
+        "<|fim_prefix|>def is_even(n):\n    return<|fim_suffix|>\n<|fim_middle|>"
     );
     assert_eq!(body["max_tokens"], settings.max_tokens_single_line);
     assert_eq!(body["n"], settings.num_alternatives);
