@@ -153,7 +153,15 @@ pub fn build(settings: &ContextSettings, inputs: &ContextInputs<'_>) -> Context 
         first = window_first(above_budget.saturating_sub(count(&header))).max(first);
         let window: usize = line_tokens[..cursor_line - first].iter().sum();
         let left = above_budget.saturating_sub(window);
-        prefix = elided_header(language, tree, text, &imports, starts[first], header_budget.min(left), count);
+        prefix = elided_header(
+            language,
+            tree,
+            text,
+            &imports,
+            starts[first],
+            header_budget.min(left),
+            count,
+        );
     }
     let window_start = starts[first];
     let used = count(&prefix) + count(&text[window_start..offset]);
