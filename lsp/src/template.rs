@@ -239,7 +239,8 @@ mod tests {
         }];
         let rendered: Vec<String> = Family::ALL
             .iter()
-            .map(|f| format!("== {}\n{}", f.name(), f.render(&parts(&snippets))))
+            // `|` marks the end: a prompt ending in whitespace would be lost in the snapshot.
+            .map(|f| format!("== {}\n{}|", f.name(), f.render(&parts(&snippets))))
             .collect();
         expect![[r#"
             == qwen
@@ -251,7 +252,7 @@ mod tests {
             fn add(a: i32, b: i32) -> i32 {
                 <|fim_suffix|>
             }
-            <|fim_middle|>
+            <|fim_middle|>|
             == qwen-repo
             <|repo_name|>demo
             <|file_sep|>src/math.rs
@@ -261,7 +262,7 @@ mod tests {
             <|fim_prefix|>fn add(a: i32, b: i32) -> i32 {
                 <|fim_suffix|>
             }
-            <|fim_middle|>
+            <|fim_middle|>|
             == starcoder2
             <repo_name>demo<file_sep>src/math.rs
             /// Sum.
@@ -270,7 +271,7 @@ mod tests {
             <fim_prefix>fn add(a: i32, b: i32) -> i32 {
                 <fim_suffix>
             }
-            <fim_middle>
+            <fim_middle>|
             == starcoder
             <fim_prefix>// Path: src/math.rs
             // /// Sum.
@@ -280,7 +281,7 @@ mod tests {
             fn add(a: i32, b: i32) -> i32 {
                 <fim_suffix>
             }
-            <fim_middle>
+            <fim_middle>|
             == codellama
             <PRE> // Path: src/math.rs
             // /// Sum.
@@ -290,7 +291,7 @@ mod tests {
             fn add(a: i32, b: i32) -> i32 {
                  <SUF>
             }
-             <MID>
+             <MID>|
             == deepseek
             <｜fim▁begin｜>// Path: src/math.rs
             // /// Sum.
@@ -300,7 +301,7 @@ mod tests {
             fn add(a: i32, b: i32) -> i32 {
                 <｜fim▁hole｜>
             }
-            <｜fim▁end｜>
+            <｜fim▁end｜>|
             == codestral
             [SUFFIX]
             }
@@ -310,7 +311,7 @@ mod tests {
 
             // Path: src/lib.rs
             fn add(a: i32, b: i32) -> i32 {
-    
+                |
             == plain
             // Path: src/math.rs
             // /// Sum.
@@ -318,7 +319,7 @@ mod tests {
 
             // Path: src/lib.rs
             fn add(a: i32, b: i32) -> i32 {
-    "#]]
+                |"#]]
         .assert_eq(&rendered.join("\n"));
     }
 
