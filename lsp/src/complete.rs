@@ -300,9 +300,13 @@ impl Completer {
         let mut items: Vec<Item> = Vec::new();
         for cand in output.candidates {
             let mut raw = unheal(&cand.text, heal).to_owned();
-            if !cand.finished && ctx.mode == Mode::MultiLine {
-                // Cut short by the deadline or the limit: keep whole lines only.
-                raw.truncate(raw.rfind('\n').unwrap_or(0));
+            if !cand.finished {
+                // Cut short by the deadline or the limit: keep whole lines only. A single
+                // line cut mid-way is a fragment (`if x ==`), worse than no suggestion.
+                match ctx.mode {
+                    Mode::MultiLine => raw.truncate(raw.rfind('\n').unwrap_or(0)),
+                    Mode::SingleLine => continue,
+                }
             }
             let Some(edit) = postprocess::postprocess(&raw, &around) else {
                 continue;

@@ -317,7 +317,7 @@ fn symbol_snippets(
         if name.len() < 2 {
             continue;
         }
-        for sym in idx.lookup(&name, 2) {
+        for sym in idx.lookup_preferring(&name, 2, Some(path)) {
             // Visible in the prompt already.
             if sym.path == path && visible.contains(&sym.line) {
                 continue;

@@ -3,15 +3,23 @@
 //! (the next keystroke in an editor) prefills only the tokens that changed — and the entry
 //! points that tokenise, prefill and decode.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::Tensor;
 
-use crate::generate::{self, Completion, Detokenize, GenerateParams, Generation, OnText, Prefilled, Start, ms_since};
+use crate::generate::{
+    self, Completion, Detokenize, FinishReason, GenerateParams, Generation, OnText, Prefilled, Start, ms_since,
+};
 use crate::kv_cache::{SeqCache, common_prefix_len};
 use crate::model::{BatchItem, CausalLm};
 use crate::{Error, Result};
+
+/// Prompt tokens run per forward pass when a prefill can be cancelled: small enough that a
+/// cancel is seen within a fraction of a second on a laptop CPU, large enough that the
+/// matrix products stay efficient.
+pub const PREFILL_CHUNK_TOKENS: usize = 64;
 
 /// Limits of the prefix cache.
 #[derive(Debug, Clone, Copy)]
@@ -113,26 +121,20 @@ impl Engine {
     /// Runs the prompt, reusing the longest cached prefix, and remembers the result for
     /// later requests. Returns the cache, the last token's logits and how many prompt
     /// tokens were reused.
+    /// Runs in chunks of [`PREFILL_CHUNK_TOKENS`]: on CPU that is as fast as one pass or
+    /// faster (the chunk's activations stay in cache; see docs/BENCHMARKS.md).
     pub fn prefill(&self, prompt: &[u32]) -> Result<(Prefilled, usize)> {
-        Ok(self.prefill_many(&[prompt])?.remove(0))
+        let never = AtomicBool::new(false);
+        Ok(self
+            .prefill_cancellable(prompt, &never)?
+            .expect("a prefill that cannot be cancelled completes"))
     }
 
-    /// [`Engine::prefill`] for several prompts in one packed batch.
+    /// [`Engine::prefill`] for several prompts in one packed batch, in one pass.
     pub fn prefill_many(&self, prompts: &[&[u32]]) -> Result<Vec<(Prefilled, usize)>> {
-        let max = self.model.info().max_context;
         let mut caches = Vec::with_capacity(prompts.len());
         for prompt in prompts {
-            if prompt.is_empty() {
-                return Err(Error::InvalidInput("the prompt is empty".into()));
-            }
-            if prompt.len() >= max {
-                return Err(Error::InvalidInput(format!(
-                    "the prompt has {} tokens but the model's context is {max} tokens (room is needed to generate)",
-                    prompt.len()
-                )));
-            }
-            let reused = self.prefix_cache.lock().expect("prefix cache lock").lookup(prompt)?;
-            caches.push(reused.unwrap_or_default());
+            caches.push(self.reusable_cache(prompt)?);
         }
         let reused: Vec<usize> = caches.iter().map(SeqCache::len).collect();
         let logits = {
@@ -160,6 +162,57 @@ impl Engine {
             .collect())
     }
 
+    /// [`Engine::prefill`] in chunks of [`PREFILL_CHUNK_TOKENS`], checking `cancel` between
+    /// chunks: a long prompt (a cold editor request) stops within one chunk of a cancel.
+    /// What was prefilled before the cancel stays in the prefix cache for the next request.
+    /// Returns `None` when cancelled.
+    pub fn prefill_cancellable(&self, prompt: &[u32], cancel: &AtomicBool) -> Result<Option<(Prefilled, usize)>> {
+        let mut cache = self.reusable_cache(prompt)?;
+        let reused = cache.len();
+        let mut done = reused;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                if cache.len() > reused {
+                    self.prefix_cache.lock().expect("prefix cache lock").insert(cache);
+                }
+                return Ok(None);
+            }
+            let end = (done + PREFILL_CHUNK_TOKENS).min(prompt.len());
+            let logits = {
+                let mut batch = [BatchItem {
+                    tokens: &prompt[done..end],
+                    cache: &mut cache,
+                    all_logits: false,
+                }];
+                self.model.forward(&mut batch)?.remove(0)
+            };
+            done = end;
+            if done == prompt.len() {
+                self.prefix_cache
+                    .lock()
+                    .expect("prefix cache lock")
+                    .insert(cache.fork());
+                return Ok(Some((Prefilled { cache, logits }, reused)));
+            }
+        }
+    }
+
+    /// Checks the prompt's length and finds the longest cached prefix to start from.
+    fn reusable_cache(&self, prompt: &[u32]) -> Result<SeqCache> {
+        let max = self.model.info().max_context;
+        if prompt.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        if prompt.len() >= max {
+            return Err(Error::InvalidInput(format!(
+                "the prompt has {} tokens but the model's context is {max} tokens (room is needed to generate)",
+                prompt.len()
+            )));
+        }
+        let reused = self.prefix_cache.lock().expect("prefix cache lock").lookup(prompt)?;
+        Ok(reused.unwrap_or_default())
+    }
+
     /// Logits for every prompt position from a cold cache (no prefix reuse): for tests and
     /// scoring.
     pub fn logits(&self, tokens: &[u32]) -> Result<Tensor> {
@@ -185,7 +238,27 @@ impl Engine {
             return Err(Error::InvalidInput("max new tokens must be at least 1".into()));
         }
         let t0 = Instant::now();
-        let (prefilled, reused_tokens) = self.prefill(prompt)?;
+        let (prefilled, reused_tokens) = match &params.cancel {
+            Some(cancel) => match self.prefill_cancellable(prompt, cancel)? {
+                Some(prefilled) => prefilled,
+                None => {
+                    return Ok(Generation {
+                        completions: vec![Completion {
+                            tokens: Vec::new(),
+                            text: String::new(),
+                            score: 0.0,
+                            finish_reason: FinishReason::Cancelled,
+                        }],
+                        prompt_tokens: prompt.len(),
+                        reused_tokens: 0,
+                        prefill_ms: ms_since(t0),
+                        decode_ms: 0.0,
+                        decode_steps: 0,
+                    });
+                }
+            },
+            None => self.prefill(prompt)?,
+        };
         let prefill_ms = ms_since(t0);
         let room = self.model.info().max_context - prompt.len();
         let mut params_local;

@@ -386,3 +386,55 @@ fn the_pipeline_over_openai_renders_a_fim_prompt_and_post_processes_the_choices(
     assert_eq!(again.items[0].text, "n % 2 == 0");
     assert_eq!(server.received().len(), 1);
 }
+
+#[test]
+fn a_single_line_cut_short_is_no_completion_and_a_multi_line_one_keeps_whole_lines() {
+    let server = Server::start(|r| {
+        let multi = r.json()["prompt"].as_str().is_some_and(|p| p.contains("def count"));
+        ok(if multi {
+            json!({"choices": [
+                {"text": "    total = 0\n    for x in xs:\n        total +", "finish_reason": "length"},
+            ]})
+        } else {
+            json!({"choices": [
+                {"text": " n % 2 ==", "finish_reason": "length"},
+                {"text": " n & 1 == 0\n", "finish_reason": "stop"},
+            ]})
+        })
+    });
+    let completer = Completer::new(
+        Arc::new(backend(&server.base, None)),
+        Some(Family::QwenCoder),
+        Arc::new(WorkspaceIndex::new(IndexLimits::default())),
+    );
+    let run = |text: &str, offset: usize| {
+        let snapshot = Document::new("file:///w/a.py", Language::Python, 1, text.into()).snapshot();
+        completer
+            .complete(
+                &CompletionSettings::default(),
+                &Request {
+                    snapshot: &snapshot,
+                    offset,
+                    path: "a.py",
+                    others: &[],
+                    cancel: Arc::new(AtomicBool::new(false)),
+                },
+            )
+            .unwrap()
+    };
+    let text = "def is_even(n):\n    return \n";
+    let single = run(text, text.find("return ").unwrap() + "return ".len());
+    assert_eq!(single.mode, Mode::SingleLine);
+    let texts: Vec<&str> = single.items.iter().map(|i| i.text.as_str()).collect();
+    assert_eq!(texts, ["n & 1 == 0"], "the fragment `n % 2 ==` is dropped");
+
+    let text = "def count(xs):\n";
+    let multi = run(text, text.len());
+    assert_eq!(multi.mode, Mode::MultiLine);
+    let texts: Vec<&str> = multi.items.iter().map(|i| i.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["    total = 0\n    for x in xs:"],
+        "the unfinished last line is dropped"
+    );
+}

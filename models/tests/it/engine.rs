@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use candle_core::Tensor;
-use tessera_models::engine::{Engine, PrefixCacheLimits};
+use tessera_models::engine::{Engine, PREFILL_CHUNK_TOKENS, PrefixCacheLimits};
 use tessera_models::generate::{BeamParams, FinishReason, GenerateParams};
 use tessera_models::kv_cache::SeqCache;
 use tessera_models::model::{BatchItem, CausalLm, ModelInfo};
@@ -262,6 +262,52 @@ fn cancellation_stops_within_a_step() {
         // Prefill + 3 steps chose 3 tokens; the logits of the 4th forward are dropped.
         assert_eq!(c.tokens.len(), 3, "returns what it had");
     }
+}
+
+/// A prompt of several prefill chunks.
+fn long_prompt() -> Vec<u32> {
+    (0..(PREFILL_CHUNK_TOKENS * 2 + 17) as u32)
+        .map(|i| (i * 37 + 11) % 256)
+        .collect()
+}
+
+#[test]
+fn chunked_prefill_equals_one_pass() {
+    let e = engine("qwen2");
+    let ids = long_prompt();
+    let (one_pass, _) = e.prefill(&ids).unwrap();
+    e.clear_prefix_cache();
+    let (chunked, reused) = e.prefill_cancellable(&ids, &AtomicBool::new(false)).unwrap().unwrap();
+    assert_eq!(reused, 0);
+    assert_eq!(chunked.cache.len(), ids.len());
+    assert!(max_abs_diff(&one_pass.logits, &chunked.logits) <= TOL);
+}
+
+#[test]
+fn cancellation_stops_a_long_prefill_within_a_chunk_and_keeps_its_work() {
+    let flag = Arc::new(AtomicBool::new(false));
+    let model = Arc::new(CancelAfter {
+        inner: load_fixture_llama("qwen2"),
+        calls: AtomicUsize::new(0),
+        after: 2,
+        flag: flag.clone(),
+    });
+    let e = Engine::new(model.clone());
+    let params = GenerateParams {
+        max_new_tokens: 10,
+        cancel: Some(flag.clone()),
+        ..Default::default()
+    };
+    let ids = long_prompt();
+    let g = e.generate_tokens(&ids, &params, None, None).unwrap();
+    assert_eq!(g.completions.len(), 1);
+    assert_eq!(g.completions[0].finish_reason, FinishReason::Cancelled);
+    assert!(g.completions[0].tokens.is_empty());
+    assert_eq!(model.calls.load(Ordering::SeqCst), 2, "no chunk after the flag");
+    // The two chunks run before the cancel are reused by the next request.
+    flag.store(false, Ordering::SeqCst);
+    let (_, reused) = e.prefill(&ids).unwrap();
+    assert_eq!(reused, 2 * PREFILL_CHUNK_TOKENS);
 }
 
 #[test]
