@@ -3,6 +3,7 @@
 
 mod generate;
 mod lsp;
+mod transcribe;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     Lsp(lsp::LspArgs),
     /// Complete code at FILE:LINE:COL once, through the language server's pipeline.
     Complete(lsp::CompleteArgs),
+    /// Transcribe speech with Whisper (txt, srt, vtt, tsv or json).
+    Transcribe(transcribe::TranscribeArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Lsp(args) => lsp::run_lsp(args),
         Command::Complete(args) => lsp::run_complete(args),
+        Command::Transcribe(args) => transcribe::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //! The crate knows nothing of LSP, HTTP or command lines; callers hand it token ids or
 //! text and get back tokens, text and scores.
 
+pub mod ct2;
 pub mod decoder;
 pub mod engine;
 pub mod error;
@@ -19,5 +20,6 @@ pub mod sampling;
 pub mod starcoder2;
 pub mod tokenizer;
 pub mod weights;
+pub mod whisper;
 
 pub use error::{Error, Result};

@@ -4,3 +4,4 @@
 mod complete;
 mod generate;
 mod lsp;
+mod transcribe;

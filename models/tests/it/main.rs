@@ -8,3 +8,4 @@ mod gguf;
 mod parity;
 mod real_weights;
 mod tokenizer;
+mod whisper;

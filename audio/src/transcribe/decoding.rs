@@ -1,0 +1,560 @@
+//! Decoding of one 30-second window, as openai/whisper's `decoding.py` does it: the
+//! initial tokens (previous text as a prompt, start of transcript, language, task), the
+//! logit filters (blank and non-speech suppression, the timestamp rules), greedy decoding,
+//! sampling with best-of-N, and beam search with patience, ranked by length-normalised
+//! log-probability. Also language detection and the compression ratio used by the
+//! temperature fallback.
+
+use std::io::Write as _;
+
+use rand::SeedableRng as _;
+use rand::distr::Distribution as _;
+use rand::rngs::StdRng;
+pub use tessera_models::whisper::Task;
+use tessera_models::whisper::{AudioFeatures, Whisper, WhisperSpecialTokens};
+
+use crate::{Error, Result};
+
+/// Settings of one window's decode (openai's `DecodingOptions`).
+#[derive(Debug, Clone)]
+pub struct WindowOptions {
+    pub task: Task,
+    /// Language token; `None` for English-only models.
+    pub language: Option<u32>,
+    pub temperature: f32,
+    /// Beams at temperature 0 (1: greedy).
+    pub beam_size: usize,
+    /// Independent samples at temperature > 0, the best kept.
+    pub best_of: usize,
+    /// Beam search stops once `beam_size * patience` hypotheses finished.
+    pub patience: f32,
+    /// `None`: divide the log-probability by the length; `Some(a)`: Google NMT's
+    /// `((5 + length) / 6) ^ a`.
+    pub length_penalty: Option<f32>,
+    /// Earlier text (tokens) to condition on.
+    pub prompt: Vec<u32>,
+    pub without_timestamps: bool,
+    /// The first timestamp may not be later than this (seconds).
+    pub max_initial_timestamp: Option<f32>,
+    pub suppress_blank: bool,
+    /// Most tokens sampled per window (openai: half the text context).
+    pub sample_len: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for WindowOptions {
+    fn default() -> Self {
+        WindowOptions {
+            task: Task::Transcribe,
+            language: None,
+            temperature: 0.0,
+            beam_size: 5,
+            best_of: 5,
+            patience: 1.0,
+            length_penalty: None,
+            prompt: Vec::new(),
+            without_timestamps: false,
+            max_initial_timestamp: Some(1.0),
+            suppress_blank: true,
+            sample_len: None,
+            seed: 0,
+        }
+    }
+}
+
+/// The chosen decode of a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    /// Sampled tokens (text and timestamps), without the end of text.
+    pub tokens: Vec<u32>,
+    /// The text tokens decoded.
+    pub text: String,
+    pub avg_logprob: f32,
+    pub no_speech_prob: f32,
+    pub temperature: f32,
+    pub compression_ratio: f32,
+}
+
+/// Seconds per timestamp token step (two mel frames per encoder position).
+pub const TIME_PRECISION: f32 = 0.02;
+
+/// Tokens that are never speech: punctuation and symbols Whisper writes for music and
+/// sound effects (openai's `non_speech_tokens`).
+pub fn non_speech_tokens(model: &Whisper) -> Result<Vec<u32>> {
+    let tok = model.tokenizer();
+    let mut symbols: Vec<String> = "\"#()*+/:;<=>@[\\]^_`{|}~「」『』".chars().map(String::from).collect();
+    symbols.extend(
+        "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪"
+            .split(' ')
+            .map(String::from),
+    );
+    let miscellaneous: Vec<String> = "♩♪♫♬♭♮♯".chars().map(String::from).collect();
+    let mut out = Vec::new();
+    for s in [" -", " '"] {
+        if let Some(&t) = tok.encode(s, false).map_err(Error::Model)?.first() {
+            out.push(t);
+        }
+    }
+    for symbol in symbols.iter().chain(&miscellaneous) {
+        let misc = miscellaneous.contains(symbol);
+        for text in [symbol.clone(), format!(" {symbol}")] {
+            let ids = tok.encode(&text, false).map_err(Error::Model)?;
+            if ids.len() == 1 || (misc && !ids.is_empty()) {
+                out.push(ids[0]);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Tokens suppressed at every step: non-speech symbols and the special tokens that may
+/// only appear in the initial sequence (openai's `suppress_tokens="-1"`).
+pub fn suppressed_tokens(model: &Whisper) -> Result<Vec<u32>> {
+    let s = model.special();
+    let mut out = non_speech_tokens(model)?;
+    out.extend([s.transcribe, s.translate, s.sot, s.sot_prev, s.sot_lm]);
+    out.push(s.no_speech);
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// The tokens that start a window's decode and the index of the start-of-transcript.
+fn initial_tokens(model: &Whisper, options: &WindowOptions) -> Result<(Vec<u32>, usize)> {
+    let s = model.special();
+    let n_ctx = model.config().n_text_ctx;
+    let mut tokens = Vec::new();
+    if !options.prompt.is_empty() {
+        tokens.push(s.sot_prev);
+        let keep = (n_ctx / 2).saturating_sub(1);
+        tokens.extend(&options.prompt[options.prompt.len().saturating_sub(keep)..]);
+    }
+    let sot_index = tokens.len();
+    tokens.push(s.sot);
+    if s.is_multilingual {
+        let language = options
+            .language
+            .ok_or_else(|| Error::InvalidInput("a multilingual model needs a language token".into()))?;
+        tokens.push(language);
+        tokens.push(match options.task {
+            Task::Transcribe => s.transcribe,
+            Task::Translate => s.translate,
+        });
+    } else if options.task == Task::Translate {
+        return Err(Error::InvalidInput("an English-only model cannot translate".into()));
+    }
+    if options.without_timestamps {
+        tokens.push(s.no_timestamps);
+    }
+    Ok((tokens, sot_index))
+}
+
+/// The logit filters of one window.
+struct Filters<'a> {
+    special: &'a WhisperSpecialTokens,
+    suppress: &'a [u32],
+    blank: Vec<u32>,
+    sample_begin: usize,
+    timestamps: bool,
+    max_initial_timestamp_index: Option<u32>,
+}
+
+impl Filters<'_> {
+    /// Applies every filter to one sequence's logits; `tokens` is the whole sequence so far.
+    fn apply(&self, logits: &mut [f32], tokens: &[u32]) {
+        let sampled = &tokens[self.sample_begin.min(tokens.len())..];
+        let mut mask = |ids: &mut dyn Iterator<Item = u32>| {
+            for id in ids {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        };
+        if sampled.is_empty() && !self.blank.is_empty() {
+            mask(&mut self.blank.iter().copied());
+        }
+        mask(&mut self.suppress.iter().copied());
+        if !self.timestamps {
+            return;
+        }
+        let ts_begin = self.special.timestamp_begin as usize;
+        let eot = self.special.eot as usize;
+        let n = logits.len();
+        if let Some(l) = logits.get_mut(self.special.no_timestamps as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+        let is_ts = |t: u32| t as usize >= ts_begin;
+        let last_was_timestamp = sampled.last().is_some_and(|&t| is_ts(t));
+        let penultimate_was_timestamp = sampled.len() < 2 || is_ts(sampled[sampled.len() - 2]);
+        if last_was_timestamp {
+            if penultimate_was_timestamp {
+                logits[ts_begin.min(n)..].fill(f32::NEG_INFINITY);
+            } else {
+                logits[..eot.min(n)].fill(f32::NEG_INFINITY);
+            }
+        }
+        if let Some(&last_ts) = sampled.iter().rev().find(|&&t| is_ts(t)) {
+            // Timestamps never decrease, and a segment has a non-zero length.
+            let end = if last_was_timestamp && !penultimate_was_timestamp {
+                last_ts as usize
+            } else {
+                last_ts as usize + 1
+            };
+            logits[ts_begin.min(n)..end.min(n)].fill(f32::NEG_INFINITY);
+        }
+        if sampled.is_empty() {
+            logits[..ts_begin.min(n)].fill(f32::NEG_INFINITY);
+            if let Some(max) = self.max_initial_timestamp_index {
+                let last_allowed = ts_begin + max as usize;
+                logits[(last_allowed + 1).min(n)..].fill(f32::NEG_INFINITY);
+            }
+        }
+        // When the timestamps together are likelier than any text token, take a timestamp.
+        let logprobs = log_softmax(logits);
+        let ts_logprob = log_sum_exp(&logprobs[ts_begin.min(n)..]);
+        let max_text = logprobs[..ts_begin.min(n)]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        if ts_logprob > max_text {
+            logits[..ts_begin.min(n)].fill(f32::NEG_INFINITY);
+        }
+    }
+}
+
+pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let lse = log_sum_exp(logits);
+    logits.iter().map(|&l| l - lse).collect()
+}
+
+fn log_sum_exp(xs: &[f32]) -> f32 {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    max + xs.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Text bytes over zlib-compressed bytes: repetitive (hallucinated) text compresses well.
+pub fn compression_ratio(text: &str) -> f32 {
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let compressed = z.write_all(text.as_bytes()).and_then(|()| z.finish()).map(|v| v.len());
+    match compressed {
+        Ok(len) if len > 0 => text.len() as f32 / len as f32,
+        _ => 0.0,
+    }
+}
+
+/// One finished hypothesis: its sampled tokens (eot excluded) and summed log-probability.
+#[derive(Debug, Clone)]
+struct Hypothesis {
+    tokens: Vec<u32>,
+    sum_logprob: f32,
+}
+
+fn logits_rows(logits: &candle_core::Tensor) -> Result<Vec<Vec<f32>>> {
+    logits
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.to_vec2::<f32>())
+        .map_err(|e| Error::Model(e.into()))
+}
+
+/// Decodes one window of audio features (`audio_index` in the batch of `features`).
+pub fn decode_window(
+    model: &Whisper,
+    features: &AudioFeatures,
+    audio_index: usize,
+    suppress: &[u32],
+    options: &WindowOptions,
+) -> Result<WindowResult> {
+    let special = model.special();
+    let n_ctx = model.config().n_text_ctx;
+    let (initial, sot_index) = initial_tokens(model, options)?;
+    let sample_begin = initial.len();
+    let sample_len = options.sample_len.unwrap_or(n_ctx / 2);
+    let sampling = options.temperature > 0.0;
+    let n_group = if sampling {
+        options.best_of.max(1)
+    } else {
+        options.beam_size.max(1)
+    };
+    let blank = if options.suppress_blank {
+        let mut b = model.tokenizer().encode(" ", false).map_err(Error::Model)?;
+        b.push(special.eot);
+        b
+    } else {
+        Vec::new()
+    };
+    let filters = Filters {
+        special,
+        suppress,
+        blank,
+        sample_begin,
+        timestamps: !options.without_timestamps,
+        max_initial_timestamp_index: options
+            .max_initial_timestamp
+            .map(|s| (s / TIME_PRECISION).round() as u32),
+    };
+
+    // The initial tokens run once, then fork into the group.
+    let mut decoder = model.decoder(features, &[audio_index]).map_err(Error::Model)?;
+    let sot_logits = logits_rows(&decoder.step(&[&initial[..=sot_index]]).map_err(Error::Model)?)?;
+    let no_speech_prob = softmax_at(&sot_logits[0], special.no_speech as usize);
+    let first_logits = if sot_index + 1 < initial.len() {
+        logits_rows(&decoder.step(&[&initial[sot_index + 1..]]).map_err(Error::Model)?)?
+    } else {
+        sot_logits
+    };
+    decoder.reorder(&vec![0; n_group]).map_err(Error::Model)?;
+    let mut logits: Vec<Vec<f32>> = vec![first_logits[0].clone(); n_group];
+    let mut seqs: Vec<Vec<u32>> = vec![initial.clone(); n_group];
+    let mut sum_logprobs = vec![0.0f32; n_group];
+    let mut finished: Vec<Hypothesis> = Vec::new();
+    let max_candidates = ((n_group as f32) * options.patience).round().max(1.0) as usize;
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let eot = special.eot;
+
+    for _ in 0..sample_len {
+        for (row, seq) in logits.iter_mut().zip(&seqs) {
+            filters.apply(row, seq);
+        }
+        let completed = if sampling || n_group == 1 {
+            // Greedy or sampling: every sequence takes one token; finished ones repeat eot.
+            for (k, row) in logits.iter().enumerate() {
+                if seqs[k].last() == Some(&eot) && seqs[k].len() > sample_begin {
+                    seqs[k].push(eot);
+                    continue;
+                }
+                let logprobs = log_softmax(row);
+                let next = if sampling {
+                    sample(row, options.temperature, &mut rng)
+                } else {
+                    argmax(row)
+                };
+                sum_logprobs[k] += logprobs[next as usize];
+                seqs[k].push(next);
+            }
+            seqs.iter().all(|s| s.last() == Some(&eot))
+        } else {
+            let (next, sources, scores, newly_finished) = beam_step(&logits, &seqs, &sum_logprobs, n_group, eot);
+            for h in newly_finished {
+                if finished.len() >= max_candidates {
+                    break;
+                }
+                finished.push(Hypothesis {
+                    tokens: h.tokens[sample_begin..].to_vec(),
+                    sum_logprob: h.sum_logprob,
+                });
+            }
+            decoder.reorder(&sources).map_err(Error::Model)?;
+            seqs = next;
+            sum_logprobs = scores;
+            finished.len() >= max_candidates
+        };
+        if completed || seqs[0].len() > n_ctx {
+            break;
+        }
+        let last: Vec<[u32; 1]> = seqs.iter().map(|s| [*s.last().expect("non-empty")]).collect();
+        let feed: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
+        logits = logits_rows(&decoder.step(&feed).map_err(Error::Model)?)?;
+    }
+
+    // Candidates: the finished beams, topped up with the best unfinished ones; or every
+    // sample, cut at its first eot.
+    let mut candidates: Vec<Hypothesis> = Vec::new();
+    if !sampling && n_group > 1 {
+        candidates = finished;
+        if candidates.len() < n_group {
+            let mut order: Vec<usize> = (0..seqs.len()).collect();
+            order.sort_by(|&a, &b| sum_logprobs[b].total_cmp(&sum_logprobs[a]));
+            for k in order {
+                if candidates.len() >= n_group {
+                    break;
+                }
+                candidates.push(Hypothesis {
+                    tokens: seqs[k][sample_begin..].to_vec(),
+                    sum_logprob: sum_logprobs[k],
+                });
+            }
+        }
+    } else {
+        for (k, seq) in seqs.iter().enumerate() {
+            let sampled = &seq[sample_begin..];
+            let end = sampled.iter().position(|&t| t == eot).unwrap_or(sampled.len());
+            candidates.push(Hypothesis {
+                tokens: sampled[..end].to_vec(),
+                sum_logprob: sum_logprobs[k],
+            });
+        }
+    }
+    let score = |h: &Hypothesis| {
+        let length = h.tokens.len() as f32;
+        let penalty = match options.length_penalty {
+            None => length,
+            Some(a) => ((5.0 + length) / 6.0).powf(a),
+        };
+        h.sum_logprob / penalty.max(f32::MIN_POSITIVE)
+    };
+    let best = candidates
+        .iter()
+        .enumerate()
+        .max_by(|(ia, a), (ib, b)| score(a).total_cmp(&score(b)).then(ib.cmp(ia)))
+        .map(|(_, h)| h.clone())
+        .unwrap_or(Hypothesis {
+            tokens: Vec::new(),
+            sum_logprob: 0.0,
+        });
+    let text_tokens: Vec<u32> = best.tokens.iter().copied().filter(|&t| t < eot).collect();
+    let text = model.tokenizer().decode(&text_tokens, true).map_err(Error::Model)?;
+    Ok(WindowResult {
+        avg_logprob: best.sum_logprob / (best.tokens.len() as f32 + 1.0),
+        compression_ratio: compression_ratio(&text),
+        tokens: best.tokens,
+        text,
+        no_speech_prob,
+        temperature: options.temperature,
+    })
+}
+
+type BeamStep = (Vec<Vec<u32>>, Vec<usize>, Vec<f32>, Vec<Hypothesis>);
+
+/// One beam-search step over a group: every beam proposes its `beams + 1` best tokens;
+/// the best `beams` unfinished sequences go on, finished ones are returned best first.
+fn beam_step(logits: &[Vec<f32>], seqs: &[Vec<u32>], sum_logprobs: &[f32], beams: usize, eot: u32) -> BeamStep {
+    let mut scored: Vec<(f32, usize, u32)> = Vec::new();
+    for (j, row) in logits.iter().enumerate() {
+        let logprobs = log_softmax(row);
+        for token in top_k(&logprobs, beams + 1) {
+            scored.push((sum_logprobs[j] + logprobs[token as usize], j, token));
+        }
+    }
+    // Identical sequences (the first step's copies) count once, as openai's dict does.
+    let mut seen: Vec<(usize, u32)> = Vec::new();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut next, mut sources, mut scores, mut finished) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (score, j, token) in scored {
+        let duplicate = seen.iter().any(|&(k, t)| t == token && seqs[k] == seqs[j]);
+        if duplicate {
+            continue;
+        }
+        seen.push((j, token));
+        if token == eot {
+            finished.push((score, j));
+        } else {
+            let mut s = seqs[j].clone();
+            s.push(token);
+            next.push(s);
+            sources.push(j);
+            scores.push(score);
+            if next.len() == beams {
+                break;
+            }
+        }
+    }
+    let finished = finished
+        .into_iter()
+        .map(|(score, j)| Hypothesis {
+            tokens: seqs[j].clone(),
+            sum_logprob: score,
+        })
+        .collect();
+    (next, sources, scores, finished)
+}
+
+fn top_k(xs: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..xs.len() as u32).collect();
+    let k = k.min(idx.len());
+    idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| xs[b as usize].total_cmp(&xs[a as usize]));
+    idx.truncate(k);
+    idx
+}
+
+fn softmax_at(logits: &[f32], index: usize) -> f32 {
+    let lse = log_sum_exp(logits);
+    logits.get(index).map_or(0.0, |&l| (l - lse).exp())
+}
+
+fn sample(logits: &[f32], temperature: f32, rng: &mut StdRng) -> u32 {
+    let scaled: Vec<f32> = logits.iter().map(|&l| l / temperature).collect();
+    let lse = log_sum_exp(&scaled);
+    let weights: Vec<f32> = scaled.iter().map(|&l| (l - lse).exp()).collect();
+    match rand::distr::weighted::WeightedIndex::new(&weights) {
+        Ok(dist) => dist.sample(rng) as u32,
+        Err(_) => argmax(logits),
+    }
+}
+
+/// The most likely language of a window: `(code, token, probability)`.
+pub fn detect_language(model: &Whisper, features: &AudioFeatures, audio_index: usize) -> Result<(String, u32, f32)> {
+    let special = model.special();
+    if special.languages.is_empty() {
+        return Err(Error::InvalidInput(
+            "an English-only model has no language detection".into(),
+        ));
+    }
+    let mut decoder = model.decoder(features, &[audio_index]).map_err(Error::Model)?;
+    let logits = logits_rows(&decoder.step(&[&[special.sot]]).map_err(Error::Model)?)?;
+    let row = &logits[0];
+    let lang_logits: Vec<f32> = special
+        .languages
+        .iter()
+        .map(|(_, id)| row.get(*id as usize).copied().unwrap_or(f32::NEG_INFINITY))
+        .collect();
+    let probs = log_softmax(&lang_logits);
+    let best = argmax(&probs) as usize;
+    let (code, id) = &special.languages[best];
+    Ok((code.clone(), *id, probs[best].exp()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_ratio_is_high_for_repetitive_text() {
+        let plain = "And so my fellow Americans, ask not what your country can do for you.";
+        let repeated = "ask not ".repeat(40);
+        assert!(compression_ratio(plain) < 2.0, "{}", compression_ratio(plain));
+        assert!(compression_ratio(&repeated) > 2.4, "{}", compression_ratio(&repeated));
+        assert_eq!(compression_ratio(""), 0.0);
+    }
+
+    #[test]
+    fn beam_step_keeps_the_best_unfinished_and_reports_finished() {
+        // Two beams over a vocabulary of 4 where token 3 is eot.
+        let logits = vec![vec![0.0, 2.0, 1.0, 3.0], vec![0.0, 0.0, 5.0, -9.0]];
+        let seqs = vec![vec![7, 1], vec![7, 2]];
+        let (next, sources, scores, finished) = beam_step(&logits, &seqs, &[0.0, -1.0], 2, 3);
+        assert_eq!(next.len(), 2);
+        // Beam 1 with token 2 (score about -1.03) beats beam 0 with token 1 (about -1.41).
+        assert_eq!(next[0], vec![7, 2, 2]);
+        assert_eq!(sources, vec![1, 0]);
+        assert!(scores[0] > scores[1]);
+        // Beam 0's eot (about -0.41) ranked above the cut: finished.
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].tokens, vec![7, 1]);
+    }
+
+    #[test]
+    fn identical_beams_propose_each_sequence_once() {
+        let logits = vec![vec![1.0, 2.0, 3.0, 0.0]; 3];
+        let seqs = vec![vec![5]; 3];
+        let (next, _, _, _) = beam_step(&logits, &seqs, &[0.0; 3], 3, 3);
+        assert_eq!(next, vec![vec![5, 2], vec![5, 1], vec![5, 0]]);
+    }
+}

@@ -1,0 +1,383 @@
+//! Long-form transcription as openai/whisper's `transcribe.py` does it: the spectrogram of
+//! the whole file (padded with 30 s of silence) is decoded in 30-second windows; each
+//! window is decoded with temperature fallback (0, 0.2, … 1.0 while the text is too
+//! repetitive or too unlikely), skipped when it holds no speech, cut into segments at its
+//! timestamp tokens, and the next window starts at the last complete segment's end. The
+//! text so far is the next window's prompt (dropped after a high-temperature decode).
+
+pub mod alignment;
+pub mod decoding;
+pub mod output;
+
+use candle_core::Tensor;
+use serde::Serialize;
+use tessera_models::whisper::Whisper;
+
+use crate::mel::Mel;
+use crate::{Error, HOP_LENGTH, N_FRAMES, Result, SAMPLE_RATE};
+pub use decoding::{TIME_PRECISION, Task, WindowOptions, WindowResult, compression_ratio, detect_language};
+
+/// Settings of a transcription (openai's `transcribe` arguments and CLI defaults).
+#[derive(Debug, Clone)]
+pub struct TranscribeOptions {
+    pub task: Task,
+    /// Language code (`en`, `de`, ...); detected from the first window when `None` on a
+    /// multilingual model.
+    pub language: Option<String>,
+    pub beam_size: usize,
+    pub best_of: usize,
+    pub patience: f32,
+    pub length_penalty: Option<f32>,
+    /// Tried in order while a window fails the thresholds.
+    pub temperatures: Vec<f32>,
+    pub compression_ratio_threshold: Option<f32>,
+    pub logprob_threshold: Option<f32>,
+    pub no_speech_threshold: Option<f32>,
+    pub condition_on_previous_text: bool,
+    pub initial_prompt: Option<String>,
+    pub word_timestamps: bool,
+    pub without_timestamps: bool,
+    pub seed: u64,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        TranscribeOptions {
+            task: Task::Transcribe,
+            language: None,
+            beam_size: 5,
+            best_of: 5,
+            patience: 1.0,
+            length_penalty: None,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            logprob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            condition_on_previous_text: true,
+            initial_prompt: None,
+            word_timestamps: false,
+            without_timestamps: false,
+            seed: 0,
+        }
+    }
+}
+
+/// A word with its time span (with `--word-timestamps`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Word {
+    pub word: String,
+    pub start: f32,
+    pub end: f32,
+    pub probability: f32,
+}
+
+/// A stretch of text with its time span.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Segment {
+    pub id: usize,
+    /// The window start (mel frame) it was decoded from.
+    pub seek: usize,
+    pub start: f32,
+    pub end: f32,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub temperature: f32,
+    pub avg_logprob: f32,
+    pub compression_ratio: f32,
+    pub no_speech_prob: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<Word>>,
+}
+
+/// The result of a transcription.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transcript {
+    pub text: String,
+    pub language: String,
+    /// Seconds of audio.
+    pub duration: f32,
+    pub segments: Vec<Segment>,
+}
+
+/// Decodes one window with temperature fallback.
+fn decode_with_fallback(
+    model: &Whisper,
+    features: &tessera_models::whisper::AudioFeatures,
+    suppress: &[u32],
+    base: &WindowOptions,
+    options: &TranscribeOptions,
+) -> Result<WindowResult> {
+    let mut result = None;
+    for (i, &t) in options.temperatures.iter().enumerate() {
+        let window = WindowOptions {
+            temperature: t,
+            seed: base.seed.wrapping_add(i as u64),
+            ..base.clone()
+        };
+        let r = decoding::decode_window(model, features, 0, suppress, &window)?;
+        let mut needs_fallback = false;
+        if options
+            .compression_ratio_threshold
+            .is_some_and(|th| r.compression_ratio > th)
+        {
+            needs_fallback = true;
+        }
+        if options.logprob_threshold.is_some_and(|th| r.avg_logprob < th) {
+            needs_fallback = true;
+        }
+        if options.no_speech_threshold.is_some_and(|th| r.no_speech_prob > th)
+            && options.logprob_threshold.is_some_and(|th| r.avg_logprob < th)
+        {
+            // Silence: no point in trying hotter.
+            needs_fallback = false;
+        }
+        result = Some(r);
+        if !needs_fallback {
+            break;
+        }
+    }
+    result.ok_or_else(|| Error::InvalidInput("no temperatures to decode with".into()))
+}
+
+/// The language token for `code`, or the detected one.
+fn choose_language(model: &Whisper, mel: &Mel, options: &TranscribeOptions) -> Result<(String, Option<u32>)> {
+    let special = model.special();
+    if !special.is_multilingual {
+        if let Some(code) = &options.language
+            && code != "en"
+        {
+            return Err(Error::InvalidInput(format!(
+                "language {code:?}: this model is English-only (use a multilingual model such as whisper-base)"
+            )));
+        }
+        return Ok(("en".into(), None));
+    }
+    match &options.language {
+        Some(code) => {
+            let code = code.to_lowercase();
+            match special.languages.iter().find(|(c, _)| *c == code) {
+                Some((c, id)) => Ok((c.clone(), Some(*id))),
+                None => Err(Error::InvalidInput(format!(
+                    "language {code:?} is not one the model knows; it knows: {}",
+                    special
+                        .languages
+                        .iter()
+                        .map(|(c, _)| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        }
+        None => {
+            let features = encode(model, mel, 0, N_FRAMES)?;
+            let (code, id, _) = detect_language(model, &features, 0)?;
+            Ok((code, Some(id)))
+        }
+    }
+}
+
+/// Encodes frames `start .. start + size` of `mel`, zero-padded to 30 s.
+fn encode(model: &Whisper, mel: &Mel, start: usize, size: usize) -> Result<tessera_models::whisper::AudioFeatures> {
+    let window = mel.segment(start, size, N_FRAMES);
+    let input =
+        Tensor::from_vec(window, (1, mel.n_mels, N_FRAMES), model.device()).map_err(|e| Error::Model(e.into()))?;
+    model.encode(&input).map_err(Error::Model)
+}
+
+/// Whether frames `start .. start + len` carry no energy above the spectrogram's floor
+/// (the clamp at 8 below its maximum, or log10 of 1e-10 for digital silence).
+fn is_silent(mel: &Mel, floor: f32, start: usize, len: usize) -> bool {
+    const MARGIN: f32 = 0.05;
+    let end = (start + len).min(mel.n_frames);
+    mel.data
+        .chunks_exact(mel.n_frames.max(1))
+        .all(|row| row[start.min(end)..end].iter().all(|&v| v <= floor + MARGIN))
+}
+
+/// What a caller sees while a transcription runs.
+pub trait Observer {
+    /// `done` of `total` seconds are transcribed.
+    fn progress(&mut self, _done: f32, _total: f32) {}
+    /// Segments as soon as their window is decoded.
+    fn segments(&mut self, _segments: &[Segment]) {}
+}
+
+impl Observer for () {}
+
+/// Transcribes a padded spectrogram ([`crate::MelSpectrogram::compute_padded`]).
+pub fn transcribe(
+    model: &Whisper,
+    mel: &Mel,
+    options: &TranscribeOptions,
+    observer: &mut dyn Observer,
+) -> Result<Transcript> {
+    if mel.n_mels != model.config().n_mels {
+        return Err(Error::InvalidInput(format!(
+            "the spectrogram has {} mel bins but the model expects {}",
+            mel.n_mels,
+            model.config().n_mels
+        )));
+    }
+    let content_frames = mel.content_frames;
+    let duration = (content_frames * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
+    let (language, language_token) = if content_frames == 0 {
+        (options.language.clone().unwrap_or_else(|| "en".into()), None)
+    } else {
+        choose_language(model, mel, options)?
+    };
+    let special = model.special().clone();
+    let suppress = decoding::suppressed_tokens(model)?;
+    let input_stride = N_FRAMES / model.config().n_audio_ctx;
+    let time_precision = (input_stride * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
+
+    let mut all_tokens: Vec<u32> = Vec::new();
+    if let Some(prompt) = &options.initial_prompt {
+        let text = format!(" {}", prompt.trim());
+        all_tokens.extend(model.tokenizer().encode(&text, false).map_err(Error::Model)?);
+    }
+    let floor = mel.data.iter().copied().fold(f32::INFINITY, f32::min);
+    let mut prompt_reset_since = 0;
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut seek = 0usize;
+    while seek < content_frames {
+        observer.progress(seek as f32 * HOP_LENGTH as f32 / SAMPLE_RATE as f32, duration);
+        let time_offset = (seek * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
+        let segment_size = N_FRAMES.min(content_frames - seek);
+        let segment_duration = (segment_size * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
+        if is_silent(mel, floor, seek, segment_size) {
+            // Digital silence: Whisper would hallucinate text ("you") with a log-prob good
+            // enough to pass its no-speech test. There is nothing to hear: skip the window.
+            seek += segment_size;
+            continue;
+        }
+        let features = encode(model, mel, seek, segment_size)?;
+        let base = WindowOptions {
+            task: options.task,
+            language: language_token,
+            beam_size: options.beam_size,
+            best_of: options.best_of,
+            patience: options.patience,
+            length_penalty: options.length_penalty,
+            prompt: all_tokens[prompt_reset_since..].to_vec(),
+            without_timestamps: options.without_timestamps,
+            seed: options.seed.wrapping_add(seek as u64),
+            ..WindowOptions::default()
+        };
+        let result = decode_with_fallback(model, &features, &suppress, &base, options)?;
+        if let Some(th) = options.no_speech_threshold {
+            let mut skip = result.no_speech_prob > th;
+            if options.logprob_threshold.is_some_and(|lp| result.avg_logprob > lp) {
+                skip = false;
+            }
+            if skip {
+                seek += segment_size;
+                continue;
+            }
+        }
+        let previous_seek = seek;
+        let tokens = &result.tokens;
+        let is_ts = |t: u32| t >= special.timestamp_begin;
+        let ts_pos = |t: u32| (t - special.timestamp_begin) as f32;
+        let single_timestamp_ending =
+            tokens.len() >= 2 && !is_ts(tokens[tokens.len() - 2]) && is_ts(tokens[tokens.len() - 1]);
+        let consecutive: Vec<usize> = (1..tokens.len())
+            .filter(|&i| is_ts(tokens[i - 1]) && is_ts(tokens[i]))
+            .collect();
+        let mut current: Vec<(f32, f32, Vec<u32>)> = Vec::new();
+        if !consecutive.is_empty() {
+            let mut slices = consecutive.clone();
+            if single_timestamp_ending {
+                slices.push(tokens.len());
+            }
+            let mut last_slice = 0;
+            for &slice in &slices {
+                let sliced = &tokens[last_slice..slice];
+                let start = time_offset + ts_pos(sliced[0]) * time_precision;
+                let end = time_offset + ts_pos(sliced[sliced.len() - 1]) * time_precision;
+                current.push((start, end, sliced.to_vec()));
+                last_slice = slice;
+            }
+            if single_timestamp_ending {
+                seek += segment_size;
+            } else {
+                let last_timestamp_pos = tokens[last_slice - 1] - special.timestamp_begin;
+                seek += last_timestamp_pos as usize * input_stride;
+            }
+        } else {
+            let mut seg_duration = segment_duration;
+            if let Some(&last) = tokens.iter().rev().find(|&&t| is_ts(t))
+                && last != special.timestamp_begin
+            {
+                seg_duration = ts_pos(last) * time_precision;
+            }
+            current.push((time_offset, time_offset + seg_duration, tokens.clone()));
+            seek += segment_size;
+        }
+        // A window that moved nothing forward would loop forever.
+        if seek <= previous_seek {
+            seek = previous_seek + segment_size;
+        }
+
+        let first_new = segments.len();
+        for (start, end, toks) in current {
+            let text_tokens: Vec<u32> = toks.iter().copied().filter(|&t| t < special.eot).collect();
+            let mut text = model.tokenizer().decode(&text_tokens, true).map_err(Error::Model)?;
+            let mut toks = toks;
+            if start == end || text.trim().is_empty() {
+                text.clear();
+                toks.clear();
+            }
+            segments.push(Segment {
+                id: segments.len(),
+                seek: previous_seek,
+                start,
+                end,
+                text,
+                tokens: toks,
+                temperature: result.temperature,
+                avg_logprob: result.avg_logprob,
+                compression_ratio: result.compression_ratio,
+                no_speech_prob: result.no_speech_prob,
+                words: None,
+            });
+        }
+        if options.word_timestamps {
+            let window_end = time_offset + segment_duration;
+            let mut sot_sequence = vec![special.sot];
+            if let Some(language) = language_token {
+                sot_sequence.push(language);
+                sot_sequence.push(match options.task {
+                    Task::Transcribe => special.transcribe,
+                    Task::Translate => special.translate,
+                });
+            }
+            alignment::add_word_timestamps(
+                model,
+                &features,
+                &sot_sequence,
+                &mut segments[first_new..],
+                segment_size,
+                window_end,
+            )?;
+        }
+        // Empty segments carry nothing forward.
+        for s in &segments[first_new..] {
+            all_tokens.extend(&s.tokens);
+        }
+        observer.segments(&segments[first_new..]);
+        if !options.condition_on_previous_text || result.temperature > 0.5 {
+            prompt_reset_since = all_tokens.len();
+        }
+    }
+    observer.progress(duration, duration);
+    segments.retain(|s| !s.text.is_empty());
+    for (i, s) in segments.iter_mut().enumerate() {
+        s.id = i;
+    }
+    Ok(Transcript {
+        text: segments.iter().map(|s| s.text.as_str()).collect(),
+        language,
+        duration,
+        segments,
+    })
+}

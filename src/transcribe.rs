@@ -1,0 +1,227 @@
+//! `tessera transcribe`: audio files through the front-end and Whisper, written as text,
+//! subtitles or JSON.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_audio::transcribe::output::{Format, render};
+use tessera_audio::transcribe::{Observer, Segment, Task, TranscribeOptions, transcribe};
+use tessera_audio::{MelSpectrogram, load_audio_with_progress};
+use tessera_models::loader::{locate, parse_device};
+use tessera_models::whisper::Whisper;
+
+/// The default speech model: fetched by `scripts/fetch-models`.
+pub const DEFAULT_SPEECH_MODEL: &str = "whisper-tiny.en";
+
+#[derive(Args, Debug)]
+pub struct TranscribeArgs {
+    /// Audio files (WAV, FLAC, MP3, Ogg Vorbis, M4A/AAC, ...).
+    #[arg(required = true)]
+    audio: Vec<PathBuf>,
+    /// A Whisper checkpoint directory (CTranslate2 or Hugging Face), a Hugging Face repo id,
+    /// or a fetched model's short name (whisper-tiny.en, whisper-base).
+    #[arg(long, short, default_value = DEFAULT_SPEECH_MODEL)]
+    model: String,
+    /// txt, srt, vtt, tsv or json.
+    #[arg(long, short, default_value = "txt")]
+    format: Format,
+    /// Write `<audio stem>.<format>` here instead of printing to stdout.
+    #[arg(long, short)]
+    output_dir: Option<PathBuf>,
+    /// Beams at temperature 0 (1: greedy).
+    #[arg(long, default_value_t = 5)]
+    beam_size: usize,
+    /// Samples per window when falling back to a temperature above 0.
+    #[arg(long, default_value_t = 5)]
+    best_of: usize,
+    /// Language code (en, de, fr, ...); detected when omitted (multilingual models).
+    #[arg(long)]
+    language: Option<String>,
+    /// transcribe, or translate into English (multilingual models).
+    #[arg(long, default_value = "transcribe", value_parser = parse_task)]
+    task: Task,
+    /// Text that precedes the audio (names, spelling, style).
+    #[arg(long)]
+    initial_prompt: Option<String>,
+    /// Word-level timestamps from cross-attention (in json output).
+    #[arg(long)]
+    word_timestamps: bool,
+    /// Start temperature; fallback adds `temperature_increment` up to 1.0.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 disables the fallback.
+    #[arg(long, default_value_t = 0.2)]
+    temperature_increment: f32,
+    /// Do not condition each window on the text before it.
+    #[arg(long)]
+    no_condition_on_previous_text: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    match s {
+        "transcribe" => Ok(Task::Transcribe),
+        "translate" => Ok(Task::Translate),
+        _ => Err(format!("unknown task {s:?} (transcribe, translate)")),
+    }
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+struct Bar(Option<ProgressBar>);
+
+impl Observer for Bar {
+    fn progress(&mut self, done: f32, total: f32) {
+        if let Some(bar) = &self.0 {
+            bar.set_length((total * 10.0) as u64);
+            bar.set_position((done * 10.0) as u64);
+        }
+    }
+
+    fn segments(&mut self, segments: &[Segment]) {
+        if let Some(bar) = &self.0
+            && let Some(last) = segments.iter().rev().find(|s| !s.text.is_empty())
+        {
+            bar.set_message(last.text.trim().chars().take(60).collect::<String>());
+        }
+    }
+}
+
+fn temperatures(start: f32, increment: f32) -> Result<Vec<f32>> {
+    if !(0.0..=1.0).contains(&start) {
+        bail!("--temperature {start}: must be between 0 and 1");
+    }
+    if increment < 0.0 {
+        bail!("--temperature-increment {increment}: must not be negative");
+    }
+    let mut out = vec![start];
+    if increment > 0.0 {
+        let mut t = start + increment;
+        while t <= 1.0 + 1e-6 {
+            out.push((t * 1000.0).round() / 1000.0);
+            t += increment;
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: TranscribeArgs) -> Result<()> {
+    let device = parse_device(&args.device)?;
+    let t0 = Instant::now();
+    let location = locate(&args.model)?;
+    let model = Whisper::load(location.path(), &device)?;
+    tracing::info!(model = %args.model, ms = t0.elapsed().as_millis() as u64, "speech model loaded");
+    let mel = MelSpectrogram::new(model.config().n_mels)?;
+    let options = TranscribeOptions {
+        task: args.task,
+        language: args.language.clone(),
+        beam_size: args.beam_size.max(1),
+        best_of: args.best_of.max(1),
+        temperatures: temperatures(args.temperature, args.temperature_increment)?,
+        condition_on_previous_text: !args.no_condition_on_previous_text,
+        initial_prompt: args.initial_prompt.clone(),
+        word_timestamps: args.word_timestamps,
+        ..TranscribeOptions::default()
+    };
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the output directory", dir.display()))?;
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut failures = 0;
+    for path in &args.audio {
+        match transcribe_file(&model, &mel, path, &options, &args, tty) {
+            Ok(()) => {}
+            Err(e) if args.audio.len() > 1 => {
+                eprintln!("tessera: error: {e:#}");
+                failures += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} of {} files failed", args.audio.len());
+    }
+    Ok(())
+}
+
+fn transcribe_file(
+    model: &Whisper,
+    mel: &MelSpectrogram,
+    path: &Path,
+    options: &TranscribeOptions,
+    args: &TranscribeArgs,
+    tty: bool,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let bar = tty.then(|| {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{prefix} {bar:30} {percent:>3}% {elapsed}<{eta} {msg}")
+                .expect("a valid template"),
+        );
+        bar.set_prefix(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        bar
+    });
+    let samples = load_audio_with_progress(path, |p| {
+        if let (Some(bar), Some(f)) = (&bar, p.fraction()) {
+            bar.set_message(format!("decoding {:.0}%", f * 100.0));
+        }
+    })?;
+    let spectrogram = mel.compute_padded(&samples);
+    drop(samples);
+    let mut observer = Bar(bar);
+    let transcript = transcribe(model, &spectrogram, options, &mut observer)
+        .with_context(|| format!("{}: transcription failed", path.display()))?;
+    if let Some(bar) = &observer.0 {
+        bar.finish_and_clear();
+    }
+    tracing::info!(
+        file = %path.display(),
+        audio_s = transcript.duration,
+        wall_s = t0.elapsed().as_secs_f32(),
+        segments = transcript.segments.len(),
+        "transcribed"
+    );
+    let text = render(&transcript, args.format);
+    match &args.output_dir {
+        Some(dir) => {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "audio".into());
+            let out = dir.join(format!("{stem}.{}", args.format.extension()));
+            let tmp = dir.join(format!(".{stem}.{}.tmp", args.format.extension()));
+            std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+            std::fs::rename(&tmp, &out).with_context(|| format!("{}: cannot write", out.display()))?;
+            eprintln!("{}", out.display());
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(text.as_bytes())?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_schedule() {
+        assert_eq!(temperatures(0.0, 0.2).unwrap(), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+        assert_eq!(temperatures(0.0, 0.0).unwrap(), vec![0.0]);
+        assert_eq!(temperatures(0.5, 0.5).unwrap(), vec![0.5, 1.0]);
+        assert!(temperatures(1.5, 0.2).is_err());
+    }
+}
