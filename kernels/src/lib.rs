@@ -18,12 +18,15 @@
 //!
 //! Parallelism: rayon tasks over ranges of output columns, each with its own weight rows.
 //!
+//! Also `elementwise`: vectorisable softmax and erf-GELU on f32 rows.
+//!
 //! Code map: `layout` (groups and lanes), `activation` (quantizing the activation rows),
 //! `decode` and `scalar` (the portable path, always compiled and tested), `x86` (AVX2,
 //! and AVX-512 VNNI where the CPU has it, picked at run time).
 
 mod activation;
 mod decode;
+pub mod elementwise;
 mod layout;
 mod scalar;
 #[cfg(target_arch = "x86_64")]

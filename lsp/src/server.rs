@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -160,7 +160,10 @@ impl State {
             }
         };
         let ongoing = if progress {
-            let token = NumberOrString::String(format!("tessera/load/{}", Instant::now().elapsed().as_nanos()));
+            // Unique per load: a client may still hold the token of an earlier load.
+            static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let token = NumberOrString::String(format!("tessera/load/{n}"));
             match self.client.create_work_done_progress(token.clone()).await {
                 Ok(()) => Some(
                     self.client

@@ -144,7 +144,7 @@ impl CausalLm for Decoder {
                 let keys = Tensor::stack(&ks, 0)?;
                 let values = Tensor::stack(&vs, 0)?;
                 let scores = (q.matmul(&keys.transpose(2, 3)?)? / (hd as f64).sqrt())?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+                let probs = crate::layers::softmax_last_dim(&scores)?;
                 let attn = probs.matmul(&values)?.reshape((b, nh * hd))?;
                 x = (x + block.o.forward(&attn)?)?;
                 let h = block.mlp_norm.forward(&x)?;

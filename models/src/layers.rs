@@ -172,7 +172,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     } else {
         scores
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = softmax_last_dim(&scores)?;
     let out = probs.matmul(v)?; // [kv_heads, group * n, head_dim]
     Ok(out
         .reshape((heads, n, head_dim))?
@@ -205,6 +205,59 @@ pub fn attend(rotary: &Rotary, inp: AttentionInput<'_>) -> Result<(Tensor, Tenso
 pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
     let n = x.dim(0)?;
     Ok(x.reshape((n, heads, head_dim))?.transpose(0, 1)?.contiguous()?)
+}
+
+/// Softmax over the last dimension. On CPU in f32 through the vectorised kernel of
+/// `tessera_kernels::elementwise` (candle's runs libm's scalar `expf` per element).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&CpuElementwise::Softmax)?);
+    }
+    Ok(candle_nn::ops::softmax_last_dim(x)?)
+}
+
+/// GELU, exact (erf) form; vectorised on CPU in f32 like [`softmax_last_dim`].
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&CpuElementwise::GeluErf)?);
+    }
+    Ok(x.gelu_erf()?)
+}
+
+enum CpuElementwise {
+    Softmax,
+    GeluErf,
+}
+
+impl candle_core::CustomOp1 for CpuElementwise {
+    fn name(&self) -> &'static str {
+        match self {
+            CpuElementwise::Softmax => "tessera-softmax",
+            CpuElementwise::GeluErf => "tessera-gelu-erf",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{}: f32 input only", self.name())
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{}: contiguous input only", self.name())
+        };
+        let mut out = data[start..end].to_vec();
+        match self {
+            CpuElementwise::Softmax => {
+                let row = layout.dims().last().copied().unwrap_or(1);
+                tessera_kernels::elementwise::softmax_rows(&mut out, row);
+            }
+            CpuElementwise::GeluErf => tessera_kernels::elementwise::gelu_erf(&mut out),
+        }
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
 }
 
 /// Log-softmax over the last dimension.

@@ -286,7 +286,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu_erf()?)
+        self.fc2.forward(&crate::layers::gelu_erf(&self.fc1.forward(x)?)?)
     }
 }
 
@@ -990,9 +990,7 @@ impl Whisper {
         let (b, ctx, d) = (dims[0], cfg.n_audio_ctx, cfg.d_model);
         let x = mel.to_device(&self.inner.device)?.to_dtype(self.inner.dtype)?;
         let conv = |x: &Tensor, (k, bias): &(Tensor, Tensor), stride: usize| -> Result<Tensor> {
-            Ok(x.conv1d(k, 1, stride, 1, 1)?
-                .broadcast_add(&bias.reshape((1, d, 1))?)?
-                .gelu_erf()?)
+            crate::layers::gelu_erf(&x.conv1d(k, 1, stride, 1, 1)?.broadcast_add(&bias.reshape((1, d, 1))?)?)
         };
         let x = conv(&x, &w.conv1, 1)?;
         let x = conv(&x, &w.conv2, 2)?; // [b, d, ctx]
@@ -1068,7 +1066,7 @@ impl Whisper {
         tokens: &[u32],
     ) -> Result<Tensor> {
         let scores = self.cross_attention_logits(features, audio_index, tokens)?;
-        Ok(candle_nn::ops::softmax_last_dim(&scores)?)
+        crate::layers::softmax_last_dim(&scores)
     }
 
     /// The scaled scores `q·k/√d` behind [`cross_attention_weights`](Self::cross_attention_weights),
@@ -1107,7 +1105,7 @@ fn encoder_attention(qkv: &Tensor, b: usize, ctx: usize, heads: usize, hd: usize
     let mut outs = Vec::with_capacity(b);
     for i in 0..b {
         let scores = q.get(i)?.matmul(&k.get(i)?.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = crate::layers::softmax_last_dim(&scores)?;
         outs.push(probs.matmul(&v.get(i)?)?); // [heads, ctx, hd]
     }
     let out = if b == 1 {
@@ -1340,7 +1338,7 @@ impl WhisperDecoder {
                 Some(mask) => scores.broadcast_add(mask)?,
                 None => scores,
             };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = crate::layers::softmax_last_dim(&scores)?;
             let a = probs.matmul(&values)?.transpose(1, 2)?.reshape((b * n, d))?;
             x = (x + layer.attn.out.forward(&a)?)?;
 
@@ -1383,7 +1381,7 @@ impl WhisperDecoder {
             // Every sequence's rows stacked under each head: [heads, g * n, hd].
             let qg = qg.reshape((g.len * n, heads, hd))?.transpose(0, 1)?.contiguous()?;
             let scores = qg.matmul(&k_t.get(g.audio)?)?; // [heads, g * n, ctx]
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = crate::layers::softmax_last_dim(&scores)?;
             let o = probs.matmul(&v.get(g.audio)?)?; // [heads, g * n, hd]
             outs.push(o.transpose(0, 1)?.reshape((g.len, n * d))?);
             if let Some(c) = capture.as_deref_mut().filter(|_| self.caches.len() == 1) {

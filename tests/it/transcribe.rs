@@ -194,6 +194,31 @@ fn base_detects_english_and_word_timestamps_are_ordered() {
             ));
         }
     }
+    // Translation into English of English speech is the speech; a prompt does not derail it.
+    let translated = ok(&[
+        "transcribe",
+        "--model",
+        "whisper-base",
+        "--task",
+        "translate",
+        "--language",
+        "en",
+        "--beam-size",
+        "1",
+        wav.to_str().unwrap(),
+    ]);
+    assert!(
+        words(&translated).contains("ask not what your country can do for you"),
+        "{translated}"
+    );
+    let prompted = ok(&[
+        "transcribe",
+        "--initial-prompt",
+        "President Kennedy's inaugural address, January 1961.",
+        wav.to_str().unwrap(),
+    ]);
+    assert_eq!(words(&prompted), words(JFK), "{prompted}");
+
     let joined: String = all.iter().map(|(w, _, _)| w.as_str()).collect();
     assert_eq!(words(&joined), words(JFK));
     for pair in all.windows(2) {
@@ -336,6 +361,20 @@ fn bad_input_is_one_clear_error() {
         (
             vec!["--format".into(), "doc".into(), jfk("wav").display().to_string()],
             vec!["doc".into()],
+        ),
+        (
+            vec!["--task".into(), "translate".into(), jfk("wav").display().to_string()],
+            vec!["English-only".into()],
+        ),
+        (
+            vec![
+                "--model".into(),
+                "whisper-base".into(),
+                "--language".into(),
+                "xx".into(),
+                jfk("wav").display().to_string(),
+            ],
+            vec!["\"xx\"".into(), "not one the model knows".into()],
         ),
     ];
     for (args, needles) in cases {

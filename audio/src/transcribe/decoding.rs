@@ -525,6 +525,93 @@ pub fn detect_language(model: &Whisper, features: &AudioFeatures, audio_index: u
 mod tests {
     use super::*;
 
+    /// 20 text tokens, eot 20, sot 21, ..., no-timestamps 27, timestamps from 28 to 99.
+    fn special() -> WhisperSpecialTokens {
+        WhisperSpecialTokens {
+            eot: 20,
+            sot: 21,
+            translate: 22,
+            transcribe: 23,
+            sot_lm: 24,
+            sot_prev: 25,
+            no_speech: 26,
+            no_timestamps: 27,
+            timestamp_begin: 28,
+            languages: Vec::new(),
+            is_multilingual: false,
+        }
+    }
+
+    const SUPPRESS: [u32; 7] = [3, 21, 22, 23, 24, 25, 26];
+
+    fn filters(special: &WhisperSpecialTokens) -> Filters<'_> {
+        Filters {
+            special,
+            suppress: &SUPPRESS,
+            blank: vec![5, 20],
+            sample_begin: 1,
+            timestamps: true,
+            max_initial_timestamp_index: Some(50),
+        }
+    }
+
+    fn allowed(logits: &[f32]) -> Vec<usize> {
+        (0..logits.len()).filter(|&i| logits[i] > f32::NEG_INFINITY).collect()
+    }
+
+    #[test]
+    fn the_first_token_is_a_timestamp_within_the_initial_limit() {
+        let s = special();
+        let mut logits = vec![0.0f32; 100];
+        filters(&s).apply(&mut logits, &[21]);
+        assert_eq!(allowed(&logits), (28..=78).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn timestamps_come_in_pairs_and_never_go_back() {
+        let s = special();
+        let f = filters(&s);
+        // After the opening timestamp: text or eot, no timestamp; no blank rule any more.
+        let mut logits = vec![0.0f32; 100];
+        f.apply(&mut logits, &[21, 40]);
+        let mut text: Vec<usize> = (0..=20).collect();
+        text.retain(|&t| t != 3);
+        assert_eq!(allowed(&logits), text);
+        // After text: more text, eot, or a closing timestamp later than the opening one.
+        let mut logits = vec![0.0f32; 100];
+        logits[7] = 10.0;
+        f.apply(&mut logits, &[21, 40, 7]);
+        let ok = allowed(&logits);
+        assert!(
+            ok.contains(&7) && ok.contains(&20) && ok.contains(&41) && ok.contains(&99),
+            "{ok:?}"
+        );
+        assert!(
+            !ok.contains(&40) && !ok.contains(&28) && !ok.contains(&3) && !ok.contains(&27),
+            "{ok:?}"
+        );
+        // After a closing timestamp: eot, or the next opening one (which may repeat it).
+        let mut logits = vec![0.0f32; 100];
+        logits[20] = 10.0;
+        f.apply(&mut logits, &[21, 40, 7, 45]);
+        let ok = allowed(&logits);
+        assert_eq!(ok[0], 20, "eot");
+        assert_eq!(ok[1..], (45..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn likely_timestamps_win_over_any_text_token() {
+        let s = special();
+        // Each timestamp alone is less likely than token 7, together they are likelier.
+        let mut logits = vec![-10.0f32; 100];
+        logits[7] = 2.0;
+        for l in &mut logits[28..100] {
+            *l = 0.5;
+        }
+        filters(&s).apply(&mut logits, &[21, 40, 7]);
+        assert_eq!(allowed(&logits), (41..100).collect::<Vec<_>>());
+    }
+
     #[test]
     fn compression_ratio_is_high_for_repetitive_text() {
         let plain = "And so my fellow Americans, ask not what your country can do for you.";

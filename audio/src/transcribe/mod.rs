@@ -114,7 +114,18 @@ fn decode_with_fallback(
             seed: base.seed.wrapping_add(i as u64),
             ..base.clone()
         };
+        let t0 = std::time::Instant::now();
         let r = decoding::decode_window(model, features, 0, suppress, &window)?;
+        tracing::debug!(
+            temperature = t,
+            avg_logprob = r.avg_logprob,
+            compression_ratio = r.compression_ratio,
+            no_speech_prob = r.no_speech_prob,
+            tokens = r.tokens.len(),
+            ms = t0.elapsed().as_millis() as u64,
+            text = %r.text,
+            "window decoded"
+        );
         let mut needs_fallback = false;
         if options
             .compression_ratio_threshold
@@ -250,7 +261,9 @@ pub fn transcribe(
             seek += segment_size;
             continue;
         }
+        let t0 = std::time::Instant::now();
         let features = encode(model, mel, seek, segment_size)?;
+        tracing::debug!(seek, ms = t0.elapsed().as_millis() as u64, "window encoded");
         let base = WindowOptions {
             task: options.task,
             language: language_token,
