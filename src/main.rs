@@ -4,6 +4,7 @@
 mod generate;
 mod lsp;
 mod transcribe;
+mod vision;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,12 @@ enum Command {
     Complete(lsp::CompleteArgs),
     /// Transcribe speech with Whisper (txt, srt, vtt, tsv or json).
     Transcribe(transcribe::TranscribeArgs),
+    /// Match images against texts with CLIP: cosine similarities and probabilities.
+    Match(vision::MatchArgs),
+    /// Embed every image under a directory into its index (incremental).
+    Index(vision::IndexArgs),
+    /// Rank an indexed directory's images for a text or image query (`+`/`-` combine terms).
+    Search(vision::SearchArgs),
 }
 
 /// Keeps large freed blocks in the heap instead of returning them to the kernel: tensor
@@ -75,6 +82,9 @@ fn main() -> ExitCode {
         Command::Lsp(args) => lsp::run_lsp(args),
         Command::Complete(args) => lsp::run_complete(args),
         Command::Transcribe(args) => transcribe::run(args),
+        Command::Match(args) => vision::run_match(args),
+        Command::Index(args) => vision::run_index(args),
+        Command::Search(args) => vision::run_search(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -318,6 +318,11 @@ impl Completer {
             let new_syntax_errors = baseline.and_then(|base| {
                 errors_after_edit(req.snapshot, offset, end, &edit.text).map(|after| after.saturating_sub(base))
             });
+            if !cand.finished && new_syntax_errors.is_some_and(|n| n > 0) {
+                // Cut short mid-block: the whole lines kept leave a block open. Not a
+                // suggestion, a fragment.
+                continue;
+            }
             items.push(Item {
                 text: edit.text,
                 start: offset,

@@ -134,8 +134,9 @@ fn locate_hub(id: &str) -> Result<ModelLocation> {
     let config = get("config.json")?;
     get("tokenizer.json")?;
     // Optional: eos ids of text models; alignment heads and the multilingual flag of
-    // Whisper checkpoints.
+    // Whisper checkpoints; the image preprocessing of CLIP checkpoints.
     let _ = remote.get("generation_config.json");
+    let _ = remote.get("preprocessor_config.json");
     match get("model.safetensors.index.json") {
         Ok(index) => {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;

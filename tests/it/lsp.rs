@@ -326,7 +326,8 @@ fn python_is_even_completes_to_the_modulo_test() {
 #[test]
 fn rust_and_multi_line_completions_parse() {
     let mut c = Client::start(&[]);
-    let init = c.initialize(json!({"beams": 3}), true);
+    // A generous deadline: on a loaded machine a 5 s cut would leave only fragments.
+    let init = c.initialize(json!({"beams": 3, "deadlineMs": 60000}), true);
     assert_eq!(init["result"]["capabilities"]["positionEncoding"], "utf-8");
     c.wait_ready();
     // Single-line Rust inside an expression.

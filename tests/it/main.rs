@@ -5,3 +5,4 @@ mod complete;
 mod generate;
 mod lsp;
 mod transcribe;
+mod vision;

@@ -2,6 +2,7 @@
 //! committed tiny checkpoints, engine behaviour (KV cache, batching, prefix reuse,
 //! decoding), bad input, and real weights fetched by `scripts/fetch-models`.
 
+mod clip;
 mod common;
 mod engine;
 mod gguf;
