@@ -42,23 +42,8 @@ enum Command {
     Search(vision::SearchArgs),
 }
 
-/// Keeps large freed blocks in the heap instead of returning them to the kernel: tensor
-/// buffers of tens of megabytes (attention scores, activations) are allocated and freed on
-/// every forward pass, and glibc would otherwise map them fresh each time and take a page
-/// fault per 4 KiB on first touch (about 15% of a Whisper transcription's time).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
-    unsafe {
-        const LARGE: libc::c_int = 1 << 30;
-        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, LARGE);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
+    tessera_models::allocator::keep_freed_buffers();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -18,7 +18,8 @@
 //!
 //! Parallelism: rayon tasks over ranges of output columns, each with its own weight rows.
 //!
-//! Also `elementwise`: vectorisable softmax and erf-GELU on f32 rows.
+//! Also `elementwise` (vectorisable softmax and GELUs on f32 rows) and `dense` (f32 linear
+//! layers with the bias and activation fused into the GEMM's output buffer).
 //!
 //! Code map: `layout` (groups and lanes), `activation` (quantizing the activation rows),
 //! `decode` and `scalar` (the portable path, always compiled and tested), `x86` (AVX2,
@@ -26,8 +27,10 @@
 
 mod activation;
 mod decode;
+pub mod dense;
 pub mod elementwise;
 mod layout;
+pub mod packed;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -46,6 +49,13 @@ pub enum Error {
     #[error("{ty:?} weight [{n}, {k}]: expected {expected} bytes, got {actual}")]
     WeightSize {
         ty: QuantType,
+        n: usize,
+        k: usize,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("f32 weight [{n}, {k}]: expected {expected} values, got {actual}")]
+    DenseWeightSize {
         n: usize,
         k: usize,
         expected: usize,

@@ -43,6 +43,8 @@ fn bandwidth_gbs() -> f64 {
 }
 
 fn main() {
+    // As `tessera` itself does.
+    tessera_models::allocator::keep_freed_buffers();
     let mut args = std::env::args().skip(1);
     let model_name = args.next().unwrap_or_else(|| "qwen2.5-coder-0.5b".into());
     let t = Instant::now();

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use crate::layers::LayerNorm;
 use crate::weights::{Linear, WeightStore};
 use crate::{Error, Result};
+use tessera_kernels::dense::Epilogue;
 
 /// The activation between a transformer layer's two MLP matrices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +50,12 @@ impl Activation {
         })
     }
 
-    fn forward(self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::GeluTanh => x.gelu()?,
-        })
+    fn epilogue(self) -> Epilogue {
+        match self {
+            Activation::QuickGelu => Epilogue::QuickGelu,
+            Activation::Gelu => Epilogue::GeluErf,
+            Activation::GeluTanh => Epilogue::GeluTanh,
+        }
     }
 }
 
@@ -341,11 +342,11 @@ impl Layer {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = crate::layers::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * n, d))?;
         let x = (x + a.out.forward(&ctx)?.reshape((b, n, d))?)?;
         let h = self.ln2.forward(&x)?.reshape((b * n, d))?;
-        let h = self.fc2.forward(&self.act.forward(&self.fc1.forward(&h)?)?)?;
+        let h = self.fc2.forward(&self.fc1.forward_with(&h, self.act.epilogue())?)?;
         Ok((x + h.reshape((b, n, d))?)?)
     }
 }
@@ -390,7 +391,10 @@ impl Clip {
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
         let config = ClipConfig::from_file(&dir.join("config.json"))?;
         let store = WeightStore::open_safetensors_dir(dir)?;
-        Self::load(&store, config, device)
+        let model = Self::load(&store, config, device);
+        drop(store);
+        crate::allocator::release_free_memory();
+        model
     }
 
     pub fn load(store: &WeightStore, config: ClipConfig, device: &Device) -> Result<Self> {
@@ -590,13 +594,17 @@ mod tests {
     #[test]
     fn activations() {
         let x = Tensor::new(&[-1f32, 0.0, 2.0], &Device::Cpu).unwrap();
-        let q: Vec<f32> = Activation::QuickGelu.forward(&x).unwrap().to_vec1().unwrap();
+        let epilogue = Activation::QuickGelu.epilogue();
+        // The candle path (other devices) and the fused CPU kernel.
+        let candle: Vec<f32> = crate::layers::apply_epilogue(&x, epilogue).unwrap().to_vec1().unwrap();
+        let mut fused = vec![-1f32, 0.0, 2.0];
+        tessera_kernels::dense::apply(&mut fused, epilogue);
         let want: Vec<f32> = [-1f32, 0.0, 2.0]
             .iter()
             .map(|&v| v / (1.0 + (-1.702 * v).exp()))
             .collect();
-        for (a, b) in q.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-6);
+        for ((a, f), b) in candle.iter().zip(&fused).zip(&want) {
+            assert!((a - b).abs() < 1e-6 && (f - b).abs() < 1e-6, "{a} / {f} vs {b}");
         }
         assert!(Activation::parse("relu", Path::new("c")).is_err());
     }

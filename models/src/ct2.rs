@@ -347,7 +347,16 @@ impl Ct2File {
                 ));
             }
         };
-        Ok(t.to_dtype(dtype)?.to_device(device)?)
+        let t = t.to_dtype(dtype)?.to_device(device)?;
+        // As for GGUF: the tensor holds its own copy, so drop the mapped pages and keep peak
+        // RSS near one copy of the weights.
+        // SAFETY: a read-only file mapping that nothing writes to: MADV_DONTNEED only
+        // discards page-table entries, and a later read faults the same bytes back in.
+        let _ = unsafe {
+            self.data
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, v.offset, v.len)
+        };
+        Ok(t)
     }
 
     fn dequantize(&self, v: &Ct2Variable, bytes: &[u8]) -> Result<Tensor> {

@@ -224,6 +224,18 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     Ok(x.gelu_erf()?)
 }
 
+/// `epilogue` of `tessera_kernels::dense` on any device (the CPU f32 path of
+/// [`crate::weights::Linear`] runs it inside the product instead).
+pub fn apply_epilogue(x: &Tensor, epilogue: tessera_kernels::dense::Epilogue) -> Result<Tensor> {
+    use tessera_kernels::dense::Epilogue;
+    Ok(match epilogue {
+        Epilogue::None => x.clone(),
+        Epilogue::GeluErf => gelu_erf(x)?,
+        Epilogue::GeluTanh => x.gelu()?,
+        Epilogue::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+    })
+}
+
 enum CpuElementwise {
     Softmax,
     GeluErf,

@@ -5,6 +5,7 @@
 //! The crate knows nothing of LSP, HTTP or command lines; callers hand it token ids or
 //! text and get back tokens, text and scores.
 
+pub mod allocator;
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod ct2;

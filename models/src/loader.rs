@@ -296,6 +296,7 @@ impl TextModel {
                 (load_checkpoint_model(dir, device)?, tokenizer)
             }
         };
+        crate::allocator::release_free_memory();
         if tokenizer.vocab_size() > model.info().vocab_size + 1024 {
             return Err(Error::format(
                 location.path(),

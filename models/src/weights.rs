@@ -12,6 +12,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use tessera_kernels::QuantType;
+use tessera_kernels::dense::{Epilogue, WeightLayout};
+use tessera_kernels::packed::PackedWeight;
 
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
@@ -201,8 +203,30 @@ const DEQUANTIZE_ABOVE_ROWS: usize = 16;
 /// `y = x W^T (+ b)`, with `W` dense or in a ggml block format.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    Matrix(QMatMul),
+    /// Dense f32 on a CPU with AVX-512: packed once for `tessera_kernels::packed`, whose
+    /// product is faster than the `gemm` crate's at every row count Tessera runs (it
+    /// repacks the whole matrix on every call; see `tessera-kernels`' `bench_dense`).
+    Packed(Arc<PackedWeight>),
+}
+
+impl Weight {
+    fn new(weight: QMatMul) -> Self {
+        if let QMatMul::Tensor(w) = &weight
+            && tessera_kernels::packed::is_accelerated()
+            && let Ok((n, k)) = w.dims2()
+            && let Ok(Some(packed)) = with_cpu_f32(w, |v| Ok(PackedWeight::pack(v, n, k, WeightLayout::OutIn)?))
+        {
+            return Weight::Packed(Arc::new(packed));
+        }
+        Weight::Matrix(weight)
+    }
 }
 
 impl Linear {
@@ -213,11 +237,14 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Self::from_qmatmul(weight, bias))
     }
 
     pub fn from_qmatmul(weight: QMatMul, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias }
+        Linear {
+            weight: Weight::new(weight),
+            bias,
+        }
     }
 
     /// One linear computing `[self(x), other(x)]`, when both store their weights the
@@ -230,8 +257,22 @@ impl Linear {
             _ => return Ok(None),
         };
         let weight = match (&self.weight, &other.weight) {
-            (QMatMul::Tensor(a), QMatMul::Tensor(b)) => QMatMul::Tensor(Tensor::cat(&[a, b], 0)?),
-            (QMatMul::QTensor(a), QMatMul::QTensor(b)) if a.dtype() == b.dtype() && a.device().is_cpu() => {
+            (Weight::Packed(a), Weight::Packed(b)) if a.k() == b.k() => {
+                let mut values = a.unpack();
+                values.extend_from_slice(&b.unpack());
+                Weight::Packed(Arc::new(PackedWeight::pack(
+                    &values,
+                    a.n() + b.n(),
+                    a.k(),
+                    WeightLayout::OutIn,
+                )?))
+            }
+            (Weight::Matrix(QMatMul::Tensor(a)), Weight::Matrix(QMatMul::Tensor(b))) => {
+                Weight::Matrix(QMatMul::Tensor(Tensor::cat(&[a, b], 0)?))
+            }
+            (Weight::Matrix(QMatMul::QTensor(a)), Weight::Matrix(QMatMul::QTensor(b)))
+                if a.dtype() == b.dtype() && a.device().is_cpu() =>
+            {
                 let ((n1, k1), (n2, k2)) = (a.shape().dims2()?, b.shape().dims2()?);
                 if k1 != k2 {
                     return Ok(None);
@@ -244,16 +285,49 @@ impl Linear {
                     vec![n1 + n2, k1],
                     &Device::Cpu,
                 )?;
-                QMatMul::from_arc(Arc::new(q))?
+                Weight::Matrix(QMatMul::from_arc(Arc::new(q))?)
             }
             _ => return Ok(None),
         };
         Ok(Some(Linear { weight, bias }))
     }
 
+    /// Rows `ids` of `W` (`[ids.len(), in]`) when the weights are packed, so that a tied
+    /// token embedding can be looked up here instead of being held a second time; `None`
+    /// for other storage.
+    pub fn packed_rows(&self, ids: &[u32]) -> Result<Option<Tensor>> {
+        let Weight::Packed(p) = &self.weight else {
+            return Ok(None);
+        };
+        let mut values = Vec::with_capacity(ids.len() * p.k());
+        for &id in ids {
+            let row = p
+                .row(id as usize)
+                .ok_or_else(|| Error::InvalidInput(format!("row {id} of a linear layer with {} outputs", p.n())))?;
+            values.extend_from_slice(&row);
+        }
+        Ok(Some(Tensor::from_vec(values, (ids.len(), p.k()), &Device::Cpu)?))
+    }
+
     /// `x`: `[n, in]` -> `[n, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
+        self.forward_with(x, Epilogue::None)
+    }
+
+    /// `epilogue(x Wᵀ + b)`. Dense f32 weights on the CPU go through `tessera_kernels`
+    /// (`packed`, or `dense` without AVX-512), which write bias, product and activation
+    /// into one buffer.
+    pub fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        let weight = match &self.weight {
+            Weight::Packed(p) => return packed_cpu(x, p, self.bias.as_ref(), epilogue),
+            Weight::Matrix(w) => w,
+        };
+        if let QMatMul::Tensor(w) = weight
+            && let Some(y) = dense_cpu(x, w, self.bias.as_ref(), epilogue)?
+        {
+            return Ok(y);
+        }
+        let y = match weight {
             QMatMul::Tensor(w) => x.matmul(&w.t()?)?,
             QMatMul::QTensor(q) if x.device().is_cpu() && kernel_type(q.dtype()).is_some() => multi_row_matmul(q, x)?,
             // For block types our kernel lacks, a long prefill is faster through one
@@ -261,10 +335,11 @@ impl Linear {
             QMatMul::QTensor(q) if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => x.matmul(&q.dequantize(x.device())?.t()?)?,
             q => x.apply(q)?,
         };
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
-        })
+        };
+        crate::layers::apply_epilogue(&y, epilogue)
     }
 }
 
@@ -381,5 +456,141 @@ impl Embedding {
             Embedding::Dense(t) => Linear::from_qmatmul(QMatMul::Tensor(t.clone()), None),
             Embedding::Quantized { table, .. } => Linear::from_qmatmul(QMatMul::from_arc(table.clone())?, None),
         })
+    }
+}
+
+/// The values of a CPU f32 tensor, made contiguous.
+fn with_cpu_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<Option<T>> {
+    use candle_core::{CpuStorage, Storage};
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(Some(f(&v[a..b])?)),
+        _ => Ok(None),
+    }
+}
+
+/// The f32 CPU path of [`Linear::forward_with`] for unpacked weights; `None` when `x`, `w`
+/// or the bias is elsewhere or of another dtype.
+fn dense_cpu(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> Result<Option<Tensor>> {
+    let (rows, k) = x.dims2()?;
+    let (n, _) = w.dims2()?;
+    let product = with_cpu_f32(x, |xv| {
+        with_cpu_f32(w, |wv| {
+            let run = |bv: Option<&[f32]>| {
+                Ok(tessera_kernels::dense::linear_f32(
+                    xv,
+                    rows,
+                    k,
+                    wv,
+                    n,
+                    WeightLayout::OutIn,
+                    bv,
+                    epilogue,
+                )?)
+            };
+            match bias {
+                Some(b) => with_cpu_f32(b, |bv| run(Some(bv))),
+                None => run(None).map(Some),
+            }
+        })
+    })?;
+    match product.flatten().flatten() {
+        Some(out) => Ok(Some(Tensor::from_vec(out, (rows, n), &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+/// [`Linear::forward_with`] for packed weights: `x` must be an f32 CPU tensor.
+fn packed_cpu(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>, epilogue: Epilogue) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    let product = with_cpu_f32(x, |xv| {
+        let run = |bv: Option<&[f32]>| Ok(tessera_kernels::packed::linear_packed(xv, rows, w, bv, epilogue)?);
+        match bias {
+            Some(b) => with_cpu_f32(b, |bv| run(Some(bv))),
+            None => run(None).map(Some),
+        }
+    })?;
+    match product.flatten() {
+        Some(out) => Ok(Tensor::from_vec(out, (rows, w.n()), &Device::Cpu)?),
+        None => Err(Error::Tensor(candle_core::Error::Msg(format!(
+            "linear layer with CPU f32 weights got a {:?} input on {:?}",
+            x.dtype(),
+            x.device().location()
+        )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(rows: usize, cols: usize, seed: u64) -> Tensor {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i as u64 + 1) * (seed * 2 + 1) * 2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Whatever storage `Linear` picks for dense f32 weights on this CPU (packed with
+    /// AVX-512, the `gemm` crate otherwise), it computes candle's `act(x Wᵀ + b)`.
+    #[test]
+    fn dense_linear_layers_equal_candles_arithmetic() {
+        let (w, b) = (tensor(70, 33, 1), tensor(1, 70, 2).squeeze(0).unwrap());
+        let linear = Linear::from_qmatmul(QMatMul::Tensor(w.clone()), Some(b.clone()));
+        for rows in [1, 5, 50] {
+            let x = tensor(rows, 33, 3 + rows as u64);
+            let plain = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            for epilogue in [
+                Epilogue::None,
+                Epilogue::GeluErf,
+                Epilogue::GeluTanh,
+                Epilogue::QuickGelu,
+            ] {
+                let want = crate::layers::apply_epilogue(&plain, epilogue).unwrap();
+                let got = linear.forward_with(&x, epilogue).unwrap();
+                assert!(max_diff(&got, &want) < 1e-5, "{rows} rows, {epilogue:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn stacked_and_packed_rows_are_the_parts() {
+        let (w1, w2) = (tensor(20, 16, 4), tensor(9, 16, 5));
+        let a = Linear::from_qmatmul(QMatMul::Tensor(w1.clone()), None);
+        let b = Linear::from_qmatmul(QMatMul::Tensor(w2.clone()), None);
+        let stacked = a.stack(&b).unwrap().unwrap();
+        let x = tensor(3, 16, 6);
+        let want = Tensor::cat(&[a.forward(&x).unwrap(), b.forward(&x).unwrap()], 1).unwrap();
+        assert!(max_diff(&stacked.forward(&x).unwrap(), &want) < 1e-6);
+        match a.packed_rows(&[0, 19, 7]).unwrap() {
+            Some(rows) => {
+                let want = w1
+                    .index_select(&Tensor::new(&[0u32, 19, 7], &Device::Cpu).unwrap(), 0)
+                    .unwrap();
+                assert_eq!(max_diff(&rows, &want), 0.0);
+                assert!(a.packed_rows(&[20]).is_err(), "a row past the end is an error");
+            }
+            None => assert!(
+                !tessera_kernels::packed::is_accelerated(),
+                "f32 CPU weights are packed with AVX-512"
+            ),
+        }
     }
 }

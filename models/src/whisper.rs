@@ -286,7 +286,8 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&crate::layers::gelu_erf(&self.fc1.forward(x)?)?)
+        self.fc2
+            .forward(&self.fc1.forward_with(x, tessera_kernels::dense::Epilogue::GeluErf)?)
     }
 }
 
@@ -318,8 +319,9 @@ struct Weights {
     audio_pos: Tensor,
     encoder: Vec<EncoderLayer>,
     encoder_ln: LayerNorm,
-    /// `[n_vocab, d]`.
-    token_embedding: Tensor,
+    /// `[n_vocab, d]`; `None` when it is tied to `logits` and looked up there (packed
+    /// weights: see [`Linear::packed_rows`]).
+    token_embedding: Option<Tensor>,
     /// `[n_text_ctx, d]`.
     text_pos: Tensor,
     decoder: Vec<DecoderLayer>,
@@ -429,6 +431,17 @@ fn read_alignment_heads(json: &serde_json::Value, path: &Path) -> Result<Option<
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// Drops the token embedding `table` when `logits`, built from the same tensor, can serve
+/// its rows (packed weights hold their own copy; keeping both would double the largest
+/// matrix of a small Whisper).
+fn untie(table: Tensor, logits: &Linear) -> Result<Option<Tensor>> {
+    Ok(if logits.packed_rows(&[])?.is_some() {
+        None
+    } else {
+        Some(table)
+    })
 }
 
 fn linear(weight: Tensor, bias: Option<Tensor>) -> Linear {
@@ -590,13 +603,15 @@ fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<(WhisperConfig, 
         })
         .collect::<Result<Vec<_>>>()?;
     let token_embedding = s.get("decoder.embed_tokens.weight", &[config.n_vocab, d])?;
-    let logits = if !hf.tie_word_embeddings && store.contains("proj_out.weight") {
+    let (logits, token_embedding) = if !hf.tie_word_embeddings && store.contains("proj_out.weight") {
         let w = store
             .tensor("proj_out.weight", &[config.n_vocab, d], device)?
             .to_dtype(dtype)?;
-        linear(w, None)
+        (linear(w, None), Some(token_embedding))
     } else {
-        linear(token_embedding.clone(), None)
+        let logits = linear(token_embedding.clone(), None);
+        let table = untie(token_embedding, &logits)?;
+        (logits, table)
     };
     let weights = Weights {
         conv1: conv("conv1", config.n_mels)?,
@@ -772,15 +787,20 @@ fn load_ct2(dir: &Path, device: &Device, dtype: DType) -> Result<(WhisperConfig,
     let token_embedding = s.get("decoder/embeddings/weight", &[config.n_vocab, d])?;
     // `decoder/projection/weight` is normally an alias of the embedding (shared storage).
     let same = file.variable("decoder/projection/weight").map(|v| v.name.as_str()) == Some("decoder/embeddings/weight");
-    let logits = if same || !file.contains("decoder/projection/weight") {
-        linear(token_embedding.clone(), None)
+    let (logits, token_embedding) = if same || !file.contains("decoder/projection/weight") {
+        let logits = linear(token_embedding.clone(), None);
+        let table = untie(token_embedding, &logits)?;
+        (logits, table)
     } else {
         let bias = if file.contains("decoder/projection/bias") {
             Some(s.get("decoder/projection/bias", &[config.n_vocab])?)
         } else {
             None
         };
-        linear(s.get("decoder/projection/weight", &[config.n_vocab, d])?, bias)
+        (
+            linear(s.get("decoder/projection/weight", &[config.n_vocab, d])?, bias),
+            Some(token_embedding),
+        )
     };
     let conv = |name: &str, inp: usize| -> Result<(Tensor, Tensor)> {
         Ok((
@@ -884,6 +904,7 @@ impl Whisper {
                 (c, w, Some(j), dir.join("config.json"))
             }
         };
+        crate::allocator::release_free_memory();
         if tokenizer.vocab_size() > config.n_vocab {
             return Err(Error::format(
                 &tok_path,
@@ -1285,9 +1306,12 @@ impl WhisperDecoder {
         let (d, heads) = (cfg.d_model, cfg.n_text_head);
         let hd = d / heads;
         let scale = (hd as f64).powf(-0.5);
-        let x = w
-            .token_embedding
-            .index_select(&Tensor::new(ids.as_slice(), device)?, 0)?;
+        let x = match &w.token_embedding {
+            Some(table) => table.index_select(&Tensor::new(ids.as_slice(), device)?, 0)?,
+            None => w.logits.packed_rows(&ids)?.ok_or_else(|| {
+                Error::InvalidInput("Whisper: no token embedding table and no packed output projection".into())
+            })?,
+        };
         let x = if cfg.scale_embedding {
             (x * (d as f64).sqrt())?
         } else {

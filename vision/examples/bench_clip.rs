@@ -38,6 +38,8 @@ fn rate(items: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `tessera` itself does.
+    tessera_models::allocator::keep_freed_buffers();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (dir, photos) = args.split_first().ok_or("usage: bench_clip DIR PHOTO...")?;
     if photos.is_empty() {
