@@ -99,7 +99,11 @@ pub struct Transcript {
     pub segments: Vec<Segment>,
 }
 
-/// Decodes one window with temperature fallback.
+/// Decodes one window with temperature fallback. When every temperature fails the tests,
+/// the window keeps the attempt with the best mean log-probability among those under the
+/// compression threshold (all of them when none is), as faster-whisper does; openai's
+/// reference keeps the last, hottest one, which on repetitive speech (the same sentence
+/// twice in a window) replaced a correct greedy transcript with a sampled, garbled one.
 fn decode_with_fallback(
     model: &Whisper,
     features: &tessera_models::whisper::AudioFeatures,
@@ -107,7 +111,7 @@ fn decode_with_fallback(
     base: &WindowOptions,
     options: &TranscribeOptions,
 ) -> Result<WindowResult> {
-    let mut result = None;
+    let mut attempts = Vec::new();
     for (i, &t) in options.temperatures.iter().enumerate() {
         let window = WindowOptions {
             temperature: t,
@@ -142,12 +146,26 @@ fn decode_with_fallback(
             // Silence: no point in trying hotter.
             needs_fallback = false;
         }
-        result = Some(r);
         if !needs_fallback {
-            break;
+            return Ok(r);
         }
+        attempts.push(r);
     }
-    result.ok_or_else(|| Error::InvalidInput("no temperatures to decode with".into()))
+    best_failed_attempt(attempts, options.compression_ratio_threshold)
+        .ok_or_else(|| Error::InvalidInput("no temperatures to decode with".into()))
+}
+
+/// The attempt to keep when all failed (see [`decode_with_fallback`]).
+fn best_failed_attempt(attempts: Vec<WindowResult>, compression_threshold: Option<f32>) -> Option<WindowResult> {
+    let under = |r: &WindowResult| compression_threshold.is_none_or(|th| r.compression_ratio <= th);
+    let pool: Vec<WindowResult> = if attempts.iter().any(under) {
+        attempts.into_iter().filter(under).collect()
+    } else {
+        attempts
+    };
+    // The first of equals: the coolest temperature.
+    pool.into_iter()
+        .reduce(|best, r| if r.avg_logprob > best.avg_logprob { r } else { best })
 }
 
 /// The language token for `code`, or the detected one.
@@ -393,4 +411,45 @@ pub fn transcribe(
         duration,
         segments,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(temperature: f32, avg_logprob: f32, compression_ratio: f32) -> WindowResult {
+        WindowResult {
+            tokens: vec![],
+            text: format!("t={temperature}"),
+            avg_logprob,
+            no_speech_prob: 0.1,
+            temperature,
+            compression_ratio,
+        }
+    }
+
+    #[test]
+    fn when_every_temperature_fails_the_best_attempt_under_the_compression_threshold_is_kept() {
+        let attempts = vec![
+            attempt(0.0, -0.2, 2.5),
+            attempt(0.2, -1.5, 1.8),
+            attempt(0.4, -1.2, 1.9),
+            attempt(1.0, -0.1, 2.6),
+        ];
+        let kept = best_failed_attempt(attempts, Some(2.4)).unwrap();
+        assert_eq!(kept.temperature, 0.4, "best log-probability among those under 2.4");
+    }
+
+    #[test]
+    fn when_all_are_too_repetitive_the_best_log_probability_wins_and_ties_keep_the_coolest() {
+        let attempts = vec![
+            attempt(0.0, -0.3, 2.5),
+            attempt(0.2, -0.3, 2.5),
+            attempt(1.0, -0.4, 2.7),
+        ];
+        assert_eq!(best_failed_attempt(attempts, Some(2.4)).unwrap().temperature, 0.0);
+        assert!(best_failed_attempt(vec![], Some(2.4)).is_none());
+        let attempts = vec![attempt(0.0, -1.3, 3.0), attempt(0.2, -1.1, 3.5)];
+        assert_eq!(best_failed_attempt(attempts, None).unwrap().temperature, 0.2);
+    }
 }
