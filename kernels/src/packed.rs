@@ -12,6 +12,7 @@
 //! over (row chunk, column block) pairs write disjoint rectangles of the output. A portable
 //! path (same loop order, plain arrays) serves CPUs without AVX-512 and the tests.
 
+use half::f16;
 use rayon::prelude::*;
 
 use crate::dense::{Epilogue, WeightLayout, apply};
@@ -33,37 +34,61 @@ const TASK_ROWS: usize = 8 * TILE_ROWS;
 pub struct PackedWeight {
     n: usize,
     k: usize,
-    data: Vec<f32>,
+    data: Panels,
+}
+
+/// The panels' values: f32, or f16 for checkpoints stored in f16, widened to f32 in the
+/// microkernel (exactly: every f16 is an f32), which halves the bytes a product reads.
+#[derive(Clone, Debug)]
+enum Panels {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Panels {
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Panels::F32(v) => v[i],
+            Panels::F16(v) => v[i].to_f32(),
+        }
+    }
+
+    fn range(&self, start: usize, end: usize) -> PanelSlice<'_> {
+        match self {
+            Panels::F32(v) => PanelSlice::F32(&v[start..end]),
+            Panels::F16(v) => PanelSlice::F16(&v[start..end]),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PanelSlice<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
 }
 
 impl PackedWeight {
     /// Packs `w`, stored as `layout` says.
     pub fn pack(w: &[f32], n: usize, k: usize, layout: WeightLayout) -> Result<Self> {
-        let expected = n.checked_mul(k).ok_or(Error::Overflow { rows: 0, n, k })?;
-        if w.len() != expected {
-            return Err(Error::DenseWeightSize {
-                n,
-                k,
-                expected,
-                actual: w.len(),
-            });
-        }
-        let panels = n.div_ceil(PANEL);
-        let mut data = vec![0.0f32; panels * k * PANEL];
-        data.par_chunks_mut((k * PANEL).max(1))
-            .enumerate()
-            .for_each(|(p, panel)| {
-                for c in 0..PANEL.min(n - p * PANEL) {
-                    let j = p * PANEL + c;
-                    for kk in 0..k {
-                        panel[kk * PANEL + c] = match layout {
-                            WeightLayout::OutIn => w[j * k + kk],
-                            WeightLayout::InOut => w[kk * n + j],
-                        };
-                    }
-                }
-            });
-        Ok(PackedWeight { n, k, data })
+        Ok(PackedWeight {
+            n,
+            k,
+            data: Panels::F32(pack_values(w, n, k, layout)?),
+        })
+    }
+
+    /// Packs f16 weights, kept in f16 (products still compute in f32).
+    pub fn pack_f16(w: &[f16], n: usize, k: usize, layout: WeightLayout) -> Result<Self> {
+        Ok(PackedWeight {
+            n,
+            k,
+            data: Panels::F16(pack_values(w, n, k, layout)?),
+        })
+    }
+
+    /// Whether the values are kept in f16.
+    pub fn is_f16(&self) -> bool {
+        matches!(self.data, Panels::F16(_))
     }
 
     /// Outputs.
@@ -81,9 +106,9 @@ impl PackedWeight {
         let (n, k) = (self.n, self.k);
         let mut w = vec![0.0f32; n * k];
         for (j, row) in w.chunks_mut(k.max(1)).enumerate().take(n) {
-            let panel = &self.data[(j / PANEL) * k * PANEL..];
+            let panel = (j / PANEL) * k * PANEL;
             for (kk, v) in row.iter_mut().enumerate() {
-                *v = panel[kk * PANEL + j % PANEL];
+                *v = self.data.get(panel + kk * PANEL + j % PANEL);
             }
         }
         w
@@ -95,13 +120,46 @@ impl PackedWeight {
         if j >= self.n {
             return None;
         }
-        let panel = &self.data[(j / PANEL) * self.k * PANEL..];
-        Some((0..self.k).map(|kk| panel[kk * PANEL + j % PANEL]).collect())
+        let panel = (j / PANEL) * self.k * PANEL;
+        Some(
+            (0..self.k)
+                .map(|kk| self.data.get(panel + kk * PANEL + j % PANEL))
+                .collect(),
+        )
     }
 
     fn panel_count(&self) -> usize {
         self.n.div_ceil(PANEL)
     }
+}
+
+/// `w` (`[n, k]` as `layout` says) as panels of [`PANEL`] outputs, zero-padded.
+fn pack_values<T: Copy + Default + Send + Sync>(w: &[T], n: usize, k: usize, layout: WeightLayout) -> Result<Vec<T>> {
+    let expected = n.checked_mul(k).ok_or(Error::Overflow { rows: 0, n, k })?;
+    if w.len() != expected {
+        return Err(Error::DenseWeightSize {
+            n,
+            k,
+            expected,
+            actual: w.len(),
+        });
+    }
+    let panels = n.div_ceil(PANEL);
+    let mut data = vec![T::default(); panels * k * PANEL];
+    data.par_chunks_mut((k * PANEL).max(1))
+        .enumerate()
+        .for_each(|(p, panel)| {
+            for c in 0..PANEL.min(n - p * PANEL) {
+                let j = p * PANEL + c;
+                for kk in 0..k {
+                    panel[kk * PANEL + c] = match layout {
+                        WeightLayout::OutIn => w[j * k + kk],
+                        WeightLayout::InOut => w[kk * n + j],
+                    };
+                }
+            }
+        });
+    Ok(data)
 }
 
 /// `epilogue(x · wᵀ + bias)` for `x`: `[rows, k]` row-major; returns `[rows, n]`.
@@ -165,7 +223,7 @@ pub fn linear_packed(
             let tile = Tile {
                 x: &x[(row0 + r) * k..(row0 + r + tile_rows) * k],
                 k,
-                panels: &w.data[panel0 * k * PANEL..(panel0 + panels) * k * PANEL],
+                panels: w.data.range(panel0 * k * PANEL, (panel0 + panels) * k * PANEL),
                 // SAFETY: tasks cover disjoint (row, column) rectangles of `out`, which
                 // outlives the parallel loop; this one writes rows `row0 + r ..` and
                 // columns `col0 .. col0 + cols` only.
@@ -201,7 +259,7 @@ impl OutPtr {
 struct Tile<'a> {
     x: &'a [f32],
     k: usize,
-    panels: &'a [f32],
+    panels: PanelSlice<'a>,
     out: *mut f32,
     out_stride: usize,
     cols: usize,
@@ -225,10 +283,16 @@ pub fn is_accelerated() -> bool {
 }
 
 fn run_tile(t: &Tile, rows: usize, panels: usize, avx512: bool) {
+    let f16 = matches!(t.panels, PanelSlice::F16(_));
     macro_rules! dispatch {
         ($f:ident, $($r:literal)*) => {
-            match (rows, panels) {
-                $( ($r, 1) => $f::<$r, 1>(t), ($r, 2) => $f::<$r, 2>(t), ($r, 3) => $f::<$r, 3>(t), ($r, 4) => $f::<$r, 4>(t), )*
+            match (rows, panels, f16) {
+                $(
+                    ($r, 1, false) => $f::<$r, 1, false>(t), ($r, 2, false) => $f::<$r, 2, false>(t),
+                    ($r, 3, false) => $f::<$r, 3, false>(t), ($r, 4, false) => $f::<$r, 4, false>(t),
+                    ($r, 1, true) => $f::<$r, 1, true>(t), ($r, 2, true) => $f::<$r, 2, true>(t),
+                    ($r, 3, true) => $f::<$r, 3, true>(t), ($r, 4, true) => $f::<$r, 4, true>(t),
+                )*
                 _ => unreachable!("tile of {rows} rows and {panels} panels"),
             }
         };
@@ -247,16 +311,27 @@ fn run_tile(t: &Tile, rows: usize, panels: usize, avx512: bool) {
 
 /// The same arithmetic as [`tile_avx512`] in plain Rust (the reference the tests hold the
 /// AVX-512 path to).
-fn tile_portable<const R: usize, const P: usize>(t: &Tile) {
+fn tile_portable<const R: usize, const P: usize, const F16: bool>(t: &Tile) {
     let k = t.k;
     let mut acc = [[[0f32; PANEL]; P]; R];
+    let mut w = [[0f32; PANEL]; P];
     for kk in 0..k {
+        for (p, wp) in w.iter_mut().enumerate() {
+            let at = p * k * PANEL + kk * PANEL;
+            match t.panels {
+                PanelSlice::F32(v) => wp.copy_from_slice(&v[at..at + PANEL]),
+                PanelSlice::F16(v) => {
+                    for (d, s) in wp.iter_mut().zip(&v[at..at + PANEL]) {
+                        *d = s.to_f32();
+                    }
+                }
+            }
+        }
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let xv = t.x[r * k + kk];
             for (p, acc_rp) in acc_r.iter_mut().enumerate() {
-                let w = &t.panels[p * k * PANEL + kk * PANEL..][..PANEL];
                 for c in 0..PANEL {
-                    acc_rp[c] = xv.mul_add(w[c], acc_rp[c]);
+                    acc_rp[c] = xv.mul_add(w[p][c], acc_rp[c]);
                 }
             }
         }
@@ -276,17 +351,27 @@ fn tile_portable<const R: usize, const P: usize>(t: &Tile) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize, const P: usize>(t: &Tile) {
+unsafe fn tile_avx512<const R: usize, const P: usize, const F16: bool>(t: &Tile) {
     use std::arch::x86_64::*;
     let k = t.k;
     let x = t.x.as_ptr();
-    let panels = t.panels.as_ptr();
+    let (p32, p16) = match t.panels {
+        PanelSlice::F32(v) => (v.as_ptr(), std::ptr::null()),
+        PanelSlice::F16(v) => (std::ptr::null(), v.as_ptr()),
+    };
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for kk in 0..k {
         let mut w = [_mm512_setzero_ps(); P];
         for (p, wp) in w.iter_mut().enumerate() {
-            // SAFETY: panel `p` holds `k * PANEL` values (caller).
-            *wp = unsafe { _mm512_loadu_ps(panels.add(p * k * PANEL + kk * PANEL)) };
+            let at = p * k * PANEL + kk * PANEL;
+            // SAFETY: panel `p` holds `k * PANEL` values of the type `F16` says (caller).
+            *wp = unsafe {
+                if F16 {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(p16.add(at) as *const __m256i))
+                } else {
+                    _mm512_loadu_ps(p32.add(at))
+                }
+            };
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
             // SAFETY: row `r` of the tile holds `k` values (caller).
@@ -398,7 +483,7 @@ mod tests {
             let tile = Tile {
                 x: &x,
                 k,
-                panels: &w.data,
+                panels: w.data.range(0, 4 * k * PANEL),
                 out: out.as_mut_ptr(),
                 out_stride: n,
                 cols: n,
@@ -409,6 +494,44 @@ mod tests {
         let portable = run(false);
         let native = run(has_avx512());
         for (a, b) in portable.iter().zip(&native) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// f16 panels give exactly the f32 result of the widened weights (the widening is
+    /// exact and the arithmetic the same), on this CPU's path and the portable one.
+    #[test]
+    fn f16_panels_equal_f32_panels_of_the_same_values() {
+        let (rows, k, n) = (7, 48, 75);
+        let x = values(rows * k, 7);
+        let w16: Vec<f16> = values(n * k, 8).into_iter().map(f16::from_f32).collect();
+        let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        let (p16, p32) = (
+            PackedWeight::pack_f16(&w16, n, k, WeightLayout::OutIn).unwrap(),
+            PackedWeight::pack(&w32, n, k, WeightLayout::OutIn).unwrap(),
+        );
+        assert!(p16.is_f16() && !p32.is_f16());
+        assert_eq!(p16.unpack(), w32);
+        assert_eq!(p16.row(74).unwrap(), &w32[74 * k..]);
+        let b = values(n, 9);
+        assert_eq!(
+            linear_packed(&x, rows, &p16, Some(&b), Epilogue::GeluErf).unwrap(),
+            linear_packed(&x, rows, &p32, Some(&b), Epilogue::GeluErf).unwrap()
+        );
+        let run = |w: &PackedWeight, avx512: bool| {
+            let mut out = vec![0.0f32; 6 * n];
+            let tile = Tile {
+                x: &x,
+                k,
+                panels: w.data.range(0, 4 * k * PANEL),
+                out: out.as_mut_ptr(),
+                out_stride: n,
+                cols: 64,
+            };
+            run_tile(&tile, 6, 4, avx512);
+            out
+        };
+        for (a, b) in run(&p16, false).iter().zip(&run(&p16, has_avx512())) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
         }
     }

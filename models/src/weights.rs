@@ -247,6 +247,28 @@ impl Linear {
         }
     }
 
+    /// A linear over f16 weights (an f16 checkpoint) for f32 activations on the CPU: with
+    /// AVX-512 the weights stay f16, packed, and are widened inside the product (exact:
+    /// the same results as f32 weights, half the bytes read per product and held in
+    /// memory); otherwise they are widened to f32 here.
+    pub fn from_f16_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if weight.dtype() == DType::F16 && weight.device().is_cpu() && tessera_kernels::packed::is_accelerated() {
+            let (n, k) = weight.dims2()?;
+            let weight = weight.contiguous()?;
+            let (storage, layout) = weight.storage_and_layout();
+            if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F16(v)), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            {
+                let packed = PackedWeight::pack_f16(&v[a..b], n, k, WeightLayout::OutIn)?;
+                return Ok(Linear {
+                    weight: Weight::Packed(Arc::new(packed)),
+                    bias,
+                });
+            }
+        }
+        Ok(Self::from_qmatmul(QMatMul::Tensor(weight.to_dtype(DType::F32)?), bias))
+    }
+
     /// One linear computing `[self(x), other(x)]`, when both store their weights the
     /// same way (same block type, both with or without bias). Stacking rows of ggml
     /// blocks is a byte concatenation, so nothing is requantized.
@@ -568,6 +590,25 @@ mod tests {
                 assert!(max_diff(&got, &want) < 1e-5, "{rows} rows, {epilogue:?}");
             }
         }
+    }
+
+    /// f16 weights for f32 activations compute exactly what the widened f32 weights do,
+    /// whether kept f16 (packed) or widened at load; stacking keeps that.
+    #[test]
+    fn f16_weights_equal_their_f32_widening() {
+        let w16 = tensor(40, 24, 7).to_dtype(DType::F16).unwrap();
+        let w32 = w16.to_dtype(DType::F32).unwrap();
+        let b = tensor(1, 40, 8).squeeze(0).unwrap();
+        let half = Linear::from_f16_weights(w16.clone(), Some(b.clone())).unwrap();
+        let full = Linear::from_qmatmul(QMatMul::Tensor(w32), Some(b));
+        let x = tensor(5, 24, 9);
+        let (h, f) = (half.forward(&x).unwrap(), full.forward(&x).unwrap());
+        assert_eq!(max_diff(&h, &f), 0.0);
+        let a = Linear::from_f16_weights(w16, None).unwrap();
+        let c = Linear::from_f16_weights(tensor(3, 24, 10).to_dtype(DType::F16).unwrap(), None).unwrap();
+        let stacked = a.stack(&c).unwrap().unwrap();
+        let want = Tensor::cat(&[a.forward(&x).unwrap(), c.forward(&x).unwrap()], 1).unwrap();
+        assert_eq!(max_diff(&stacked.forward(&x).unwrap(), &want), 0.0);
     }
 
     #[test]

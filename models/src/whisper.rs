@@ -26,7 +26,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use crate::ct2::Ct2File;
+use crate::ct2::{Ct2DType, Ct2File};
 use crate::kv_cache::SeqCache;
 use crate::layers::LayerNorm;
 use crate::tokenizer::Tokenizer;
@@ -647,10 +647,20 @@ impl Ct2Source<'_> {
     }
 
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        Ok(linear(
-            self.get(&format!("{name}/weight"), &[out, inp])?,
-            Some(self.get(&format!("{name}/bias"), &[out])?),
-        ))
+        let bias = self.get(&format!("{name}/bias"), &[out])?;
+        self.weight_linear(&format!("{name}/weight"), &[out, inp], Some(bias))
+    }
+
+    /// A linear layer over the matrix `name`. Stored in f16 (as converted checkpoints
+    /// usually are) and computed in f32 on the CPU, the matrix stays f16 in memory:
+    /// [`Linear::from_f16_weights`] widens it exactly inside the product.
+    fn weight_linear(&self, name: &str, shape: &[usize], bias: Option<Tensor>) -> Result<Linear> {
+        let stored_f16 = self.file.variable(name).is_some_and(|v| v.dtype == Ct2DType::F16);
+        if stored_f16 && self.dtype == DType::F32 && self.device.is_cpu() {
+            let w = self.file.tensor(name, shape, DType::F16, self.device)?;
+            return Linear::from_f16_weights(w, bias);
+        }
+        Ok(linear(self.get(name, shape)?, bias))
     }
 
     fn norm(&self, name: &str, d: usize) -> Result<LayerNorm> {
@@ -784,12 +794,16 @@ fn load_ct2(dir: &Path, device: &Device, dtype: DType) -> Result<(WhisperConfig,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let token_embedding = s.get("decoder/embeddings/weight", &[config.n_vocab, d])?;
+    let table_shape = [config.n_vocab, d];
     // `decoder/projection/weight` is normally an alias of the embedding (shared storage).
     let same = file.variable("decoder/projection/weight").map(|v| v.name.as_str()) == Some("decoder/embeddings/weight");
     let (logits, token_embedding) = if same || !file.contains("decoder/projection/weight") {
-        let logits = linear(token_embedding.clone(), None);
-        let table = untie(token_embedding, &logits)?;
+        let logits = s.weight_linear("decoder/embeddings/weight", &table_shape, None)?;
+        // Packed logits serve the table's rows (see `untie`).
+        let table = match logits.packed_rows(&[])? {
+            Some(_) => None,
+            None => Some(s.get("decoder/embeddings/weight", &table_shape)?),
+        };
         (logits, table)
     } else {
         let bias = if file.contains("decoder/projection/bias") {
@@ -798,8 +812,8 @@ fn load_ct2(dir: &Path, device: &Device, dtype: DType) -> Result<(WhisperConfig,
             None
         };
         (
-            linear(s.get("decoder/projection/weight", &[config.n_vocab, d])?, bias),
-            Some(token_embedding),
+            s.weight_linear("decoder/projection/weight", &table_shape, bias)?,
+            Some(s.get("decoder/embeddings/weight", &table_shape)?),
         )
     };
     let conv = |name: &str, inp: usize| -> Result<(Tensor, Tensor)> {
