@@ -95,6 +95,29 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
+/// `ln(Σ e^x)` over `xs`, stably (shifted by the maximum); `-inf` for an empty slice or one
+/// of only `-inf`. Vectorised like [`softmax_rows`]: a decoder's log-probabilities over a
+/// 150k-token vocabulary cost 0.7 ms per row through libm's scalar `expf`.
+pub fn log_sum_exp(xs: &[f32]) -> f32 {
+    let max = lane_max(xs);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    if max == f32::INFINITY {
+        return max;
+    }
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += exp(c[i] - max);
+        }
+    }
+    let sum: f64 = acc.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&x| exp(x - max) as f64).sum::<f64>();
+    (max as f64 + sum.ln()) as f32
+}
+
 /// GELU with the exact erf form, `x/2 · (1 + erf(x/√2))`, in place.
 pub fn gelu_erf(data: &mut [f32]) {
     const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -133,6 +156,24 @@ pub fn quick_gelu(data: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_sum_exp_matches_a_float64_reference() {
+        for len in [1usize, 15, 16, 17, 1000, 151_936] {
+            let xs: Vec<f32> = (0..len).map(|i| ((i * 7919) % 2003) as f32 / 100.0 - 10.0).collect();
+            let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let want = max + xs.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            let got = log_sum_exp(&xs) as f64;
+            assert!(
+                (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                "len {len}: {got} vs {want}"
+            );
+        }
+        assert_eq!(log_sum_exp(&[]), f32::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 3]), f32::NEG_INFINITY);
+        assert!((log_sum_exp(&[1000.0, 1000.0]) - (1000.0 + 2f32.ln())).abs() < 1e-3);
+        assert!((log_sum_exp(&[f32::NEG_INFINITY, 0.0]) - 0.0).abs() < 1e-7);
+    }
 
     #[test]
     fn exp_is_accurate_over_the_range_softmax_uses() {

@@ -47,9 +47,7 @@ pub fn argmax(xs: &[f32]) -> u32 {
 
 /// `ln(sum(exp(xs)))`, computed stably: `log_softmax(xs)[i] == xs[i] - log_sum_exp(xs)`.
 pub fn log_sum_exp(xs: &[f32]) -> f32 {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = xs.iter().map(|&x| (x - max).exp() as f64).sum();
-    (max as f64 + sum.ln()) as f32
+    tessera_kernels::elementwise::log_sum_exp(xs)
 }
 
 /// Numerically stable log-softmax.
