@@ -5,7 +5,9 @@
 //! one CLIP image, or the 5 beams of a Whisper decode step, that packing (a full read and
 //! write of the weights) took as long as the multiply-adds themselves. Here the weights are
 //! stored as panels of [`PANEL`] output columns, each panel `k` rows of 16 contiguous
-//! floats, so a microkernel streams them in order with no per-call copy.
+//! floats, so a microkernel streams them in order with no per-call copy. Weights of f16
+//! checkpoints can stay f16 in the panels: the microkernel widens them (exactly), which
+//! halves the bytes a memory-bound decode step reads.
 //!
 //! Work: tiles of up to [`TILE_ROWS`] activation rows × [`BLOCK_PANELS`] panels (64 output
 //! columns), whose 24 accumulators stay in AVX-512 registers while `k` runs; rayon tasks
