@@ -50,6 +50,25 @@ pub(crate) struct ActRow<'a> {
 
 impl Activations {
     pub fn quantize(ty: QuantType, layout: &Layout, offset: i32, x: &[f32], rows: usize, k: usize) -> Activations {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features.
+            return unsafe { Self::quantize_avx2(ty, layout, offset, x, rows, k) };
+        }
+        Self::quantize_portable(ty, layout, offset, x, rows, k)
+    }
+
+    /// The same code compiled for AVX2: `f32::round` is then a vector instruction sequence
+    /// instead of a call to libm's `roundf` per value (baseline x86-64 has no SSE4.1), which
+    /// made quantizing three rows of 4,864 values a third of the matrix product's time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn quantize_avx2(ty: QuantType, layout: &Layout, offset: i32, x: &[f32], rows: usize, k: usize) -> Activations {
+        Self::quantize_portable(ty, layout, offset, x, rows, k)
+    }
+
+    #[inline(always)]
+    fn quantize_portable(ty: QuantType, layout: &Layout, offset: i32, x: &[f32], rows: usize, k: usize) -> Activations {
         let mut act = Activations {
             layout: *layout,
             wide: vec![XGroup::ZERO; rows * layout.wide],
@@ -122,6 +141,7 @@ impl Activations {
 
 /// candle's `BlockQ8_0::from_float` (and `BlockQ8_1`, which adds the sum): returns the
 /// scale as stored (f16, widened) and the Q8_1 `s`.
+#[inline(always)]
 fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let amax = x.iter().fold(0f32, |m, &x| m.max(x.abs()));
     let d = amax / 127.0;
@@ -136,6 +156,7 @@ fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> (f32, f32) {
 }
 
 /// candle's `BlockQ8K::from_float`: the value of largest magnitude maps to -128.
+#[inline(always)]
 fn quantize_q8k(x: &[f32], q: &mut [i8]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &x in x {

@@ -80,7 +80,7 @@ fn lane_sum(xs: &[f32]) -> f32 {
     rest.iter().chain(&acc).sum()
 }
 
-fn softmax_row(row: &mut [f32]) {
+pub(crate) fn softmax_row(row: &mut [f32]) {
     let max = lane_max(row);
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
@@ -127,6 +127,19 @@ pub fn gelu_erf(data: &mut [f32]) {
             *v = 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2));
         }
     });
+}
+
+/// SwiGLU's gate, `silu(gate) · up = gate / (1 + e^-gate) · up`, written over `gate`.
+/// Lengths must match (the shorter one bounds the work).
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    gate.par_chunks_mut(16_384)
+        .zip(up.par_chunks(16_384))
+        .for_each(|(gate, up)| {
+            for (g, &u) in gate.iter_mut().zip(up) {
+                let x = *g;
+                *g = x / (1.0 + exp(-x)) * u;
+            }
+        });
 }
 
 /// GELU's tanh approximation, `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`, in place.
@@ -236,6 +249,21 @@ mod tests {
         }
         assert_eq!(data[3], 0.0);
         assert!(data[14..21].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn silu_mul_matches_the_definition() {
+        let mut gate: Vec<f32> = (-400..400).map(|i| i as f32 / 20.0).collect();
+        let up: Vec<f32> = (0..800).map(|i| ((i * 13) % 7) as f32 - 3.0).collect();
+        let original = gate.clone();
+        silu_mul(&mut gate, &up);
+        for ((&got, &x), &u) in gate.iter().zip(&original).zip(&up) {
+            let want = x as f64 / (1.0 + (-x as f64).exp()) * u as f64;
+            assert!(
+                (got as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
+                "{x}, {u}: {got} vs {want}"
+            );
+        }
     }
 
     #[test]

@@ -102,6 +102,7 @@ impl Layout {
     }
 
     /// Interleaves a row given in natural order (`bytes()` values, padding included).
+    #[inline(always)]
     pub fn interleave<T: Copy>(&self, natural: &[T], out: &mut [T]) {
         debug_assert_eq!(natural.len(), self.bytes());
         debug_assert_eq!(out.len(), self.bytes());

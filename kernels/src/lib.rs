@@ -18,14 +18,16 @@
 //!
 //! Parallelism: rayon tasks over ranges of output columns, each with its own weight rows.
 //!
-//! Also `elementwise` (vectorisable softmax and GELUs on f32 rows) and `dense` (f32 linear
-//! layers with the bias and activation fused into the GEMM's output buffer).
+//! Also `elementwise` (vectorisable softmax and GELUs on f32 rows), `dense` and `packed`
+//! (f32 linear layers with the bias and activation fused into the product's output), and
+//! `attention` (a few new tokens attending over a KV cache kept in blocks, read in place).
 //!
 //! Code map: `layout` (groups and lanes), `activation` (quantizing the activation rows),
 //! `decode` and `scalar` (the portable path, always compiled and tested), `x86` (AVX2,
 //! and AVX-512 VNNI where the CPU has it, picked at run time).
 
 mod activation;
+pub mod attention;
 mod decode;
 pub mod dense;
 pub mod elementwise;
@@ -79,6 +81,8 @@ pub enum Error {
     Overflow { rows: usize, n: usize, k: usize },
     #[error("instruction set {0:?} is not available on this cpu")]
     IsaUnavailable(Isa),
+    #[error("attention: {0}")]
+    AttentionShape(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

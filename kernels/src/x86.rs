@@ -90,7 +90,9 @@ pub(crate) fn run(
         outs.iter_mut().for_each(|out| out.fill(0.0));
         return;
     }
-    let rows: Vec<ActRow<'_>> = (0..outs.len()).map(|r| act.row(r)).collect();
+    // Tiles are built on the stack: this runs in the pool's tasks, where a heap
+    // allocation per task contended for the allocator's lock with the other threads.
+    let last_row = outs.len().saturating_sub(1);
     let vnni = match isa {
         Isa::Avx2 => false,
         Isa::Avx512Vnni => true,
@@ -99,7 +101,9 @@ pub(crate) fn run(
     // Tiles one after the other: the first one streams the task's weights from memory, the
     // next ones find them in L2. (Interleaving tiles per block of weight rows was slower:
     // memory then idles while the later tiles compute.)
-    for (tile, outs) in rows.chunks(ROW_TILE).zip(outs.chunks_mut(ROW_TILE)) {
+    for (t, outs) in outs.chunks_mut(ROW_TILE).enumerate() {
+        let rows: [ActRow<'_>; ROW_TILE] = std::array::from_fn(|i| act.row((t * ROW_TILE + i).min(last_row)));
+        let tile = &rows[..outs.len()];
         let tile_fn = match ty {
             QuantType::Q4_0 => run_tile::<Q4_0, 18>,
             QuantType::Q4_1 => run_tile::<Q4_1, 20>,

@@ -1,0 +1,613 @@
+//! Attention of a few new tokens over a KV cache kept in blocks: the decode step of an LM
+//! (one token per sequence, one sequence per beam) and the short prefills of per-keystroke
+//! completion.
+//!
+//! The engine's cache is a list of fixed-size blocks shared between sequences (beams fork
+//! a prefix without copying it). Attending through a tensor library means concatenating a
+//! sequence's blocks into one contiguous key and one value matrix per layer first: for
+//! three beams over an 800-token prompt that is 57 MB copied per decode step, more than
+//! the attention itself reads. Here each block is read where it lies: scores against every
+//! cached key, a softmax over them, then the values weighted in place.
+//!
+//! Grouped-query attention: the query heads that share a key/value head are scored
+//! together, so each key and value row is loaded once per group rather than once per head.
+//!
+//! Work is split over (sequence, token, key/value head) units; units run in parallel on
+//! rayon's pool when there are enough of them to pay for waking it.
+
+use rayon::prelude::*;
+
+use crate::elementwise::softmax_row;
+use crate::{Error, Result};
+
+/// Keys and values of consecutive positions for every key/value head, each
+/// `[kv_heads, len, head_dim]` row-major.
+#[derive(Clone, Copy, Debug)]
+pub struct KvSpan<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub len: usize,
+}
+
+/// Head counts and sizes shared by every sequence of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub query: usize,
+    pub key_value: usize,
+    pub dim: usize,
+}
+
+/// One sequence's new tokens.
+pub struct SequenceAttention<'a> {
+    /// The new tokens' queries `[n, query heads, head_dim]`, position-encoded.
+    pub queries: &'a [f32],
+    /// Keys and values of every position in order, ending with the new tokens' own: the
+    /// `i`-th of `n` new tokens sees all positions up to and including itself.
+    pub spans: Vec<KvSpan<'a>>,
+    /// `[n, query heads, head_dim]`.
+    pub out: &'a mut [f32],
+}
+
+std::thread_local! {
+    /// Each thread's score rows, reused across units: units run as pool tasks, where an
+    /// allocation each contended for the allocator's lock with the other threads.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Below this many multiply-adds a call runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 20;
+
+/// `softmax(q·kᵀ · scale) · V` for each new token of each sequence, with causal masking
+/// among the new tokens.
+pub fn attend(heads: Heads, scale: f32, sequences: &mut [SequenceAttention<'_>]) -> Result<()> {
+    attend_with(heads, scale, sequences, has_avx512())
+}
+
+/// [`attend`], with the AVX-512 path allowed or not (tests run both).
+fn attend_with(heads: Heads, scale: f32, sequences: &mut [SequenceAttention<'_>], avx512: bool) -> Result<()> {
+    let Heads { query, key_value, dim } = heads;
+    if key_value == 0 || dim == 0 || !query.is_multiple_of(key_value) {
+        return Err(Error::AttentionShape(format!(
+            "{query} query heads cannot share {key_value} key/value heads of size {dim}"
+        )));
+    }
+    let group = query / key_value;
+    let token_width = query * dim;
+    let mut units = Vec::new();
+    let mut work = 0usize;
+    for (s, seq) in sequences.iter_mut().enumerate() {
+        if !seq.queries.len().is_multiple_of(token_width) || seq.out.len() != seq.queries.len() {
+            return Err(Error::AttentionShape(format!(
+                "sequence {s}: {} query values and {} outputs for rows of {token_width}",
+                seq.queries.len(),
+                seq.out.len()
+            )));
+        }
+        let n = seq.queries.len() / token_width;
+        let mut total = 0usize;
+        for (i, span) in seq.spans.iter().enumerate() {
+            let want = key_value
+                .checked_mul(span.len)
+                .and_then(|x| x.checked_mul(dim))
+                .ok_or_else(|| Error::AttentionShape(format!("sequence {s}, span {i}: size overflows")))?;
+            if span.keys.len() != want || span.values.len() != want {
+                return Err(Error::AttentionShape(format!(
+                    "sequence {s}, span {i} of {} positions: {} keys and {} values, expected {want} each",
+                    span.len,
+                    span.keys.len(),
+                    span.values.len()
+                )));
+            }
+            total += span.len;
+        }
+        if total < n {
+            return Err(Error::AttentionShape(format!(
+                "sequence {s}: {n} new tokens but only {total} positions to attend over"
+            )));
+        }
+        work = work.saturating_add(n.saturating_mul(total).saturating_mul(token_width));
+        let queries = seq.queries;
+        let spans = &seq.spans;
+        for (u, out) in seq.out.chunks_mut(group * dim).enumerate() {
+            let (token, kv_head) = (u / key_value, u % key_value);
+            let first_head = kv_head * group;
+            units.push(Unit {
+                queries: &queries[token * token_width + first_head * dim..][..group * dim],
+                spans,
+                visible: total - n + token + 1,
+                kv_head,
+                out,
+            });
+        }
+    }
+    let shape = UnitShape { group, dim, scale };
+    if work >= PARALLEL_WORK && units.len() > 1 {
+        units.par_iter_mut().for_each(|u| run_unit(u, shape, avx512));
+    } else {
+        units.iter_mut().for_each(|u| run_unit(u, shape, avx512));
+    }
+    Ok(())
+}
+
+struct Unit<'s, 'a> {
+    /// `group` query rows of one token.
+    queries: &'s [f32],
+    spans: &'s [KvSpan<'a>],
+    /// Positions this token sees (a prefix of the spans).
+    visible: usize,
+    kv_head: usize,
+    out: &'s mut [f32],
+}
+
+#[derive(Clone, Copy)]
+struct UnitShape {
+    group: usize,
+    dim: usize,
+    scale: f32,
+}
+
+fn run_unit(u: &mut Unit<'_, '_>, shape: UnitShape, avx512: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512 {
+        // SAFETY: the CPU has AVX-512F and FMA (checked by `has_avx512`).
+        unsafe { run_unit_avx512(u, shape) };
+        return;
+    }
+    let _ = avx512;
+    run_unit_generic::<false>(u, shape);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_unit_avx512(u: &mut Unit<'_, '_>, shape: UnitShape) {
+    run_unit_generic::<true>(u, shape);
+}
+
+/// `FMA`: fused multiply-adds (only where the CPU has them: without, `mul_add` is a libm
+/// call). Common head sizes get a version whose rows are fixed-size arrays, which the
+/// compiler keeps in registers.
+#[inline(always)]
+fn run_unit_generic<const FMA: bool>(u: &mut Unit<'_, '_>, shape: UnitShape) {
+    match shape.dim {
+        64 => run_unit_sized::<FMA, 64>(u, shape),
+        128 => run_unit_sized::<FMA, 128>(u, shape),
+        _ => run_unit_any::<FMA>(u, shape),
+    }
+}
+
+#[inline(always)]
+fn run_unit_sized<const FMA: bool, const D: usize>(u: &mut Unit<'_, '_>, shape: UnitShape) {
+    let UnitShape { group, scale, .. } = shape;
+    let visible = u.visible;
+    SCORES.with_borrow_mut(|scores| run_unit_sized_with::<FMA, D>(u, group, scale, visible, scores));
+}
+
+#[inline(always)]
+fn run_unit_sized_with<const FMA: bool, const D: usize>(
+    u: &mut Unit<'_, '_>,
+    group: usize,
+    scale: f32,
+    visible: usize,
+    scores: &mut Vec<f32>,
+) {
+    scores.clear();
+    scores.resize(group * visible, 0.0);
+    for (h, q) in u.queries.chunks_exact(D).enumerate() {
+        let q: &[f32; D] = q.try_into().expect("rows of D");
+        let row = &mut scores[h * visible..][..visible];
+        for (pos, keys) in visible_rows(u.spans, u.kv_head, D, visible, Part::Keys) {
+            for (s, key) in row[pos..].iter_mut().zip(keys.chunks_exact(D)) {
+                #[cfg(target_arch = "x86_64")]
+                if FMA {
+                    // SAFETY: `FMA` code runs only inside `run_unit_avx512`, on CPUs with
+                    // AVX-512F; both rows hold D values.
+                    *s = unsafe { dot_avx512::<D>(q, key) } * scale;
+                    continue;
+                }
+                *s = dot_sized::<FMA, D>(q, key.try_into().expect("rows of D")) * scale;
+            }
+        }
+        softmax_row(row);
+    }
+    for (h, out) in u.out.chunks_exact_mut(D).enumerate() {
+        let probs = &scores[h * visible..][..visible];
+        let mut acc = [0f32; D];
+        for (pos, values) in visible_rows(u.spans, u.kv_head, D, visible, Part::Values) {
+            for (&p, value) in probs[pos..].iter().zip(values.chunks_exact(D)) {
+                let value: &[f32; D] = value.try_into().expect("rows of D");
+                for d in 0..D {
+                    acc[d] = madd::<FMA>(p, value[d], acc[d]);
+                }
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+}
+
+#[inline(always)]
+fn run_unit_any<const FMA: bool>(u: &mut Unit<'_, '_>, shape: UnitShape) {
+    let UnitShape { group, dim, scale } = shape;
+    let visible = u.visible;
+    let mut scores = vec![0f32; group * visible];
+    for (pos, keys) in visible_rows(u.spans, u.kv_head, dim, visible, Part::Keys) {
+        for (j, key) in keys.chunks_exact(dim).enumerate() {
+            for (h, q) in u.queries.chunks_exact(dim).enumerate() {
+                scores[h * visible + pos + j] = dot::<FMA>(q, key) * scale;
+            }
+        }
+    }
+    for row in scores.chunks_exact_mut(visible) {
+        softmax_row(row);
+    }
+    u.out.fill(0.0);
+    for (pos, values) in visible_rows(u.spans, u.kv_head, dim, visible, Part::Values) {
+        for (j, value) in values.chunks_exact(dim).enumerate() {
+            for (h, out) in u.out.chunks_exact_mut(dim).enumerate() {
+                axpy::<FMA>(out, scores[h * visible + pos + j], value);
+            }
+        }
+    }
+}
+
+/// A unit's rows of keys (or values) among the positions it sees, span by span: the
+/// position of each span's first row and the span's rows for the unit's key/value head.
+#[inline(always)]
+fn visible_rows<'s>(
+    spans: &'s [KvSpan<'s>],
+    kv_head: usize,
+    dim: usize,
+    visible: usize,
+    part: Part,
+) -> impl Iterator<Item = (usize, &'s [f32])> {
+    let mut pos = 0;
+    spans.iter().map_while(move |span| {
+        let take = span.len.min(visible - pos);
+        if take == 0 {
+            return None;
+        }
+        let all = match part {
+            Part::Keys => span.keys,
+            Part::Values => span.values,
+        };
+        let rows = &all[kv_head * span.len * dim..][..take * dim];
+        let first = pos;
+        pos += take;
+        Some((first, rows))
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Keys,
+    Values,
+}
+
+/// Reductions run in 16 independent lanes (a single running sum is a dependency chain the
+/// compiler may not turn into SIMD).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// The 16 lanes summed pairwise: halves added as vectors, not 15 dependent scalar adds.
+#[inline(always)]
+fn reduce_lanes(acc: [f32; LANES]) -> f32 {
+    let mut a8 = [0f32; 8];
+    for l in 0..8 {
+        a8[l] = acc[l] + acc[l + 8];
+    }
+    let mut a4 = [0f32; 4];
+    for l in 0..4 {
+        a4[l] = a8[l] + a8[l + 4];
+    }
+    (a4[0] + a4[2]) + (a4[1] + a4[3])
+}
+
+/// A dot product of two rows of `D` values (a multiple of 16) in two 16-lane accumulators.
+/// Written with intrinsics: left to itself the compiler vectorises the loop over keys
+/// around this instead, with gathers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn dot_avx512<const D: usize>(a: &[f32; D], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    debug_assert!(b.len() >= D && D.is_multiple_of(LANES));
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut even = _mm512_setzero_ps();
+    let mut odd = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 2 * LANES <= D {
+        // SAFETY: i + 32 <= D, and both rows hold D values.
+        unsafe {
+            even = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), even);
+            odd = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i + LANES)),
+                _mm512_loadu_ps(pb.add(i + LANES)),
+                odd,
+            );
+        }
+        i += 2 * LANES;
+    }
+    if i < D {
+        // SAFETY: D is a multiple of 16, so one full vector remains.
+        unsafe { even = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), even) };
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
+}
+
+#[inline(always)]
+fn dot_sized<const FMA: bool, const D: usize>(a: &[f32; D], b: &[f32; D]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let full = D / LANES * LANES;
+    for c in (0..full).step_by(LANES) {
+        for l in 0..LANES {
+            acc[l] = madd::<FMA>(a[c + l], b[c + l], acc[l]);
+        }
+    }
+    let mut tail = 0f32;
+    for d in full..D {
+        tail = madd::<FMA>(a[d], b[d], tail);
+    }
+    reduce_lanes(acc) + tail
+}
+
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
+        }
+    }
+    reduce_lanes(acc) + tail
+}
+
+#[inline(always)]
+fn axpy<const FMA: bool>(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = madd::<FMA>(a, x, *y);
+    }
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// Attention in f64 over one contiguous `[kv_heads, total, dim]` key and value matrix.
+    fn reference(heads: Heads, scale: f64, q: &[f32], k: &[f32], v: &[f32], total: usize) -> Vec<f64> {
+        let Heads { query, key_value, dim } = heads;
+        let group = query / key_value;
+        let n = q.len() / (query * dim);
+        let mut out = vec![0f64; q.len()];
+        for t in 0..n {
+            let visible = total - n + t + 1;
+            for h in 0..query {
+                let g = h / group;
+                let qrow = &q[(t * query + h) * dim..][..dim];
+                let scores: Vec<f64> = (0..visible)
+                    .map(|j| {
+                        let krow = &k[(g * total + j) * dim..][..dim];
+                        qrow.iter().zip(krow).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = exps.iter().sum();
+                for (j, e) in exps.iter().enumerate() {
+                    let vrow = &v[(g * total + j) * dim..][..dim];
+                    for d in 0..dim {
+                        out[(t * query + h) * dim + d] += e / sum * vrow[d] as f64;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Cuts `[kv_heads, total, dim]` into spans of the given lengths.
+    fn split(m: &[f32], heads: Heads, total: usize, lens: &[usize]) -> Vec<Vec<f32>> {
+        let mut start = 0;
+        lens.iter()
+            .map(|&len| {
+                let mut block = Vec::with_capacity(heads.key_value * len * heads.dim);
+                for g in 0..heads.key_value {
+                    block.extend_from_slice(&m[(g * total + start) * heads.dim..][..len * heads.dim]);
+                }
+                start += len;
+                block
+            })
+            .collect()
+    }
+
+    fn check(heads: Heads, lens: &[usize], n: usize, seed: u64) {
+        check_with(heads, lens, n, seed, false);
+        check_with(heads, lens, n, seed, has_avx512());
+    }
+
+    fn check_with(heads: Heads, lens: &[usize], n: usize, seed: u64, avx512: bool) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let total: usize = lens.iter().sum();
+        let mut rand = |len: usize| (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<f32>>();
+        let k = rand(heads.key_value * total * heads.dim);
+        let v = rand(heads.key_value * total * heads.dim);
+        let q = rand(n * heads.query * heads.dim);
+        let scale = 1.0 / (heads.dim as f32).sqrt();
+        let (kb, vb) = (split(&k, heads, total, lens), split(&v, heads, total, lens));
+        let spans = lens
+            .iter()
+            .zip(kb.iter().zip(&vb))
+            .map(|(&len, (k, v))| KvSpan {
+                keys: k,
+                values: v,
+                len,
+            })
+            .collect();
+        let mut out = vec![f32::NAN; q.len()];
+        attend_with(
+            heads,
+            scale,
+            &mut [SequenceAttention {
+                queries: &q,
+                spans,
+                out: &mut out,
+            }],
+            avx512,
+        )
+        .unwrap();
+        let want = reference(heads, scale as f64, &q, &k, &v, total);
+        for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+            assert!(
+                (got as f64 - want).abs() < 2e-5,
+                "{heads:?} {lens:?} n={n}: [{i}] {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_the_definition_over_blocks_with_grouped_heads_and_causal_new_tokens() {
+        let gqa = Heads {
+            query: 14,
+            key_value: 2,
+            dim: 64,
+        };
+        check(gqa, &[1], 1, 1);
+        check(gqa, &[64, 64, 17, 1], 1, 2);
+        check(gqa, &[64, 30, 5], 5, 3);
+        let mha = Heads {
+            query: 4,
+            key_value: 4,
+            dim: 20,
+        };
+        check(mha, &[3, 3, 3], 9, 4);
+        let wide = Heads {
+            query: 8,
+            key_value: 2,
+            dim: 128,
+        };
+        check(wide, &[64, 7], 2, 6);
+        // Large enough to run on the pool.
+        check(gqa, &[64; 20], 16, 5);
+    }
+
+    #[test]
+    fn sequences_of_a_batch_are_independent() {
+        let heads = Heads {
+            query: 2,
+            key_value: 1,
+            dim: 16,
+        };
+        let k1: Vec<f32> = (0..16 * 3).map(|i| (i % 7) as f32 * 0.1).collect();
+        let k2: Vec<f32> = (0..16 * 2).map(|i| (i % 5) as f32 * -0.2).collect();
+        let q: Vec<f32> = (0..32).map(|i| (i % 3) as f32).collect();
+        let solo = |k: &[f32], len: usize| {
+            let mut out = vec![0f32; 32];
+            attend(
+                heads,
+                0.25,
+                &mut [SequenceAttention {
+                    queries: &q,
+                    spans: vec![KvSpan {
+                        keys: k,
+                        values: k,
+                        len,
+                    }],
+                    out: &mut out,
+                }],
+            )
+            .unwrap();
+            out
+        };
+        let (want1, want2) = (solo(&k1, 3), solo(&k2, 2));
+        let (mut out1, mut out2) = (vec![0f32; 32], vec![0f32; 32]);
+        attend(
+            heads,
+            0.25,
+            &mut [
+                SequenceAttention {
+                    queries: &q,
+                    spans: vec![KvSpan {
+                        keys: &k1,
+                        values: &k1,
+                        len: 3,
+                    }],
+                    out: &mut out1,
+                },
+                SequenceAttention {
+                    queries: &q,
+                    spans: vec![KvSpan {
+                        keys: &k2,
+                        values: &k2,
+                        len: 2,
+                    }],
+                    out: &mut out2,
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(out1, want1);
+        assert_eq!(out2, want2);
+    }
+
+    /// One sequence of `queries` zeros over one span of `len` positions whose keys and
+    /// values are `kv`.
+    fn attend_zeros(heads: Heads, queries: usize, kv: &[f32], len: usize) -> Result<()> {
+        let q = vec![0f32; queries];
+        let mut out = vec![0f32; queries];
+        let spans = if len == 0 {
+            vec![]
+        } else {
+            vec![KvSpan {
+                keys: kv,
+                values: kv,
+                len,
+            }]
+        };
+        attend(
+            heads,
+            1.0,
+            &mut [SequenceAttention {
+                queries: &q,
+                spans,
+                out: &mut out,
+            }],
+        )
+    }
+
+    #[test]
+    fn inconsistent_shapes_are_errors() {
+        let uneven = Heads {
+            query: 3,
+            key_value: 2,
+            dim: 4,
+        };
+        assert!(matches!(
+            attend_zeros(uneven, 12, &[], 0),
+            Err(Error::AttentionShape(_))
+        ));
+        let heads = Heads {
+            query: 4,
+            key_value: 2,
+            dim: 4,
+        };
+        let err = attend_zeros(heads, 16, &[0.0; 7], 1).unwrap_err();
+        assert!(err.to_string().contains("expected 8"), "{err}");
+        let err = attend_zeros(heads, 32, &[0.0; 8], 1).unwrap_err();
+        assert!(err.to_string().contains("2 new tokens but only 1"), "{err}");
+    }
+}
