@@ -97,6 +97,17 @@ fn main() {
     let b = engine.generate_tokens(short, &beams, None, None).unwrap();
     let beam_step_ms = b.decode_ms / b.decode_steps.max(1) as f64;
 
+    // The same steps after the 512-token prompt: what a completion request decodes over.
+    engine.clear_prefix_cache();
+    let long_greedy = GenerateParams {
+        max_new_tokens: 33,
+        ..Default::default()
+    };
+    let lg = engine.generate_tokens(&prompt, &long_greedy, None, None).unwrap();
+    let long_greedy_step_ms = lg.decode_ms / lg.decode_steps.max(1) as f64;
+    let lb = engine.generate_tokens(&prompt, &beams, None, None).unwrap();
+    let long_beam_step_ms = lb.decode_ms / lb.decode_steps.max(1) as f64;
+
     // FIM request (16 tokens) after a one-character edit: warm (the previous request's
     // prefix is cached) vs cold.
     let before = format!("<|fim_prefix|>{}<|fim_suffix|>\n<|fim_middle|>", &code[..1500]);
@@ -135,6 +146,9 @@ fn main() {
             "greedy_step_ms": greedy_step_ms,
             "beam4_step_ms": beam_step_ms,
             "beam4_over_greedy": beam_step_ms / greedy_step_ms,
+            "greedy_step_ms_at_512": long_greedy_step_ms,
+            "beam4_step_ms_at_512": long_beam_step_ms,
+            "beam4_over_greedy_at_512": long_beam_step_ms / long_greedy_step_ms,
             "fim_prompt_tokens": fim_tokens,
             "fim_warm_ms": warm_ms,
             "fim_cold_ms": cold_ms,

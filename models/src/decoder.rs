@@ -7,7 +7,7 @@
 use candle_core::{Device, Tensor};
 
 use crate::Result;
-use crate::layers::{self, AttentionInput, LayerNorm, RmsNorm, Rotary};
+use crate::layers::{self, AttentionInput, BlockwiseInput, LayerNorm, RmsNorm, Rotary};
 use crate::model::{BatchItem, CausalLm, ModelInfo, check_batch};
 use crate::weights::{Embedding, Linear, Projections};
 
@@ -42,7 +42,7 @@ impl Mlp {
                     .forward(x)?
                     .try_into()
                     .map_err(|_| crate::Error::InvalidInput("gate/up projections must be two".into()))?;
-                let h = (candle_nn::ops::silu(&gate)? * up)?;
+                let h = layers::silu_mul(&gate, &up)?;
                 down.forward(&h)
             }
             Mlp::Gelu { fc, proj } => proj.forward(&fc.forward(x)?.gelu()?),
@@ -128,24 +128,52 @@ impl CausalLm for Decoder {
                 let q = self.rotary.apply_same_position(&q.reshape((b, nh, hd))?, pos)?;
                 let k = self.rotary.apply_same_position(&k.reshape((b, nkv, hd))?, pos)?;
                 let v = v.reshape((b, nkv, hd))?;
-                let mut ks = Vec::with_capacity(b);
-                let mut vs = Vec::with_capacity(b);
-                for (i, (item, kv)) in batch.iter().zip(new_kv.iter_mut()).enumerate() {
-                    let ki = k.narrow(0, i, 1)?.transpose(0, 1)?.contiguous()?;
-                    let vi = v.narrow(0, i, 1)?.transpose(0, 1)?.contiguous()?;
-                    let (ka, va) = item.cache.gather_with(layer, &ki, &vi)?;
-                    ks.push(ka);
-                    vs.push(va);
+                let mut new_k = Vec::with_capacity(b);
+                let mut new_v = Vec::with_capacity(b);
+                let mut queries = Vec::with_capacity(b);
+                for i in 0..b {
+                    new_k.push(k.narrow(0, i, 1)?.transpose(0, 1)?.contiguous()?);
+                    new_v.push(v.narrow(0, i, 1)?.transpose(0, 1)?.contiguous()?);
+                    queries.push(q.narrow(0, i, 1)?);
+                }
+                let inputs: Vec<BlockwiseInput<'_>> = (0..b)
+                    .map(|i| BlockwiseInput {
+                        queries: &queries[i],
+                        cache: batch[i].cache,
+                        keys: &new_k[i],
+                        values: &new_v[i],
+                    })
+                    .collect();
+                let shape = tessera_kernels::attention::Heads {
+                    query: nh,
+                    key_value: nkv,
+                    dim: hd,
+                };
+                let scale = 1.0 / (hd as f32).sqrt();
+                let attn = match layers::blockwise_attention(shape, scale, layer, &inputs)? {
+                    Some(attn) => attn,
+                    None => {
+                        let mut ks = Vec::with_capacity(b);
+                        let mut vs = Vec::with_capacity(b);
+                        for (item, (ki, vi)) in batch.iter().zip(new_k.iter().zip(&new_v)) {
+                            let (ka, va) = item.cache.gather_with(layer, ki, vi)?;
+                            ks.push(ka);
+                            vs.push(va);
+                        }
+                        // q: [b, kv_heads, group, hd]; keys/values: [b, kv_heads, total, hd].
+                        let q = q.reshape((b, nkv, nh / nkv, hd))?;
+                        let keys = Tensor::stack(&ks, 0)?;
+                        let values = Tensor::stack(&vs, 0)?;
+                        let scores = (q.matmul(&keys.transpose(2, 3)?)? / (hd as f64).sqrt())?;
+                        let probs = crate::layers::softmax_last_dim(&scores)?;
+                        probs.matmul(&values)?.reshape((b, nh * hd))?
+                    }
+                };
+                drop(inputs);
+                for (kv, (ki, vi)) in new_kv.iter_mut().zip(new_k.into_iter().zip(new_v)) {
                     kv.0.push(ki);
                     kv.1.push(vi);
                 }
-                // q: [b, kv_heads, group, hd]; keys/values: [b, kv_heads, total, hd].
-                let q = q.reshape((b, nkv, nh / nkv, hd))?;
-                let keys = Tensor::stack(&ks, 0)?;
-                let values = Tensor::stack(&vs, 0)?;
-                let scores = (q.matmul(&keys.transpose(2, 3)?)? / (hd as f64).sqrt())?;
-                let probs = crate::layers::softmax_last_dim(&scores)?;
-                let attn = probs.matmul(&values)?.reshape((b, nh * hd))?;
                 x = (x + block.o.forward(&attn)?)?;
                 let h = block.mlp_norm.forward(&x)?;
                 x = (x + block.mlp.forward(&h)?)?;

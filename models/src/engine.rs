@@ -148,7 +148,7 @@ impl Engine {
                     all_logits: false,
                 })
                 .collect();
-            self.model.forward(&mut batch)?
+            crate::model::forward_on_pool(self.model.as_ref(), &mut batch)?
         };
         let mut lru = self.prefix_cache.lock().expect("prefix cache lock");
         Ok(caches
@@ -184,7 +184,7 @@ impl Engine {
                     cache: &mut cache,
                     all_logits: false,
                 }];
-                self.model.forward(&mut batch)?.remove(0)
+                crate::model::forward_on_pool(self.model.as_ref(), &mut batch)?.remove(0)
             };
             done = end;
             if done == prompt.len() {
@@ -222,7 +222,7 @@ impl Engine {
             cache: &mut cache,
             all_logits: true,
         }];
-        Ok(self.model.forward(&mut batch)?.remove(0))
+        Ok(crate::model::forward_on_pool(self.model.as_ref(), &mut batch)?.remove(0))
     }
 
     /// Generates from token ids. `detok` is needed for stop strings, the stop predicate,

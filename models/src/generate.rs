@@ -228,7 +228,7 @@ fn step(model: &dyn CausalLm, caches: &mut [&mut SeqCache], tokens: &[u32]) -> R
             all_logits: false,
         })
         .collect();
-    let out = model.forward(&mut batch)?;
+    let out = crate::model::forward_on_pool(model, &mut batch)?;
     Ok(Tensor::cat(&out, 0)?)
 }
 

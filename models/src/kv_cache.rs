@@ -103,6 +103,14 @@ impl SeqCache {
         Ok((Tensor::cat(&ks, 1)?, Tensor::cat(&vs, 1)?))
     }
 
+    /// `layer`'s cached keys and values block by block, in position order: each
+    /// `[kv_heads, len, head_dim]` and its `len`.
+    pub fn layer_blocks(&self, layer: usize) -> impl Iterator<Item = (&Tensor, &Tensor, usize)> {
+        self.blocks
+            .iter()
+            .map(move |b| (&b.keys[layer], &b.values[layer], b.len))
+    }
+
     /// Appends the keys and values computed for `tokens` (per layer `[kv_heads, n, head_dim]`).
     pub fn append(&mut self, tokens: &[u32], keys: Vec<Tensor>, values: Vec<Tensor>) -> Result<()> {
         let n = tokens.len();

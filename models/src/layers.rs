@@ -191,14 +191,138 @@ pub struct AttentionInput<'a> {
     pub layer: usize,
 }
 
+/// New tokens up to this many attend through [`blockwise_attention`] (decode steps and
+/// keystroke-sized prefills); longer prefills concatenate the cache once and use matrix
+/// products, which suit many queries better.
+pub const BLOCKWISE_MAX_TOKENS: usize = 16;
+
 pub fn attend(rotary: &Rotary, inp: AttentionInput<'_>) -> Result<(Tensor, Tensor, Tensor)> {
     let start = inp.cache.len();
     let q = rotary.apply(&inp.q, start)?;
     let k = rotary.apply(&inp.k, start)?;
     let v = inp.v.contiguous()?;
+    let (heads, n, head_dim) = q.dims3()?;
+    if n <= BLOCKWISE_MAX_TOKENS {
+        let queries = q.transpose(0, 1)?.contiguous()?;
+        let shape = tessera_kernels::attention::Heads {
+            query: heads,
+            key_value: k.dim(0)?,
+            dim: head_dim,
+        };
+        let input = BlockwiseInput {
+            queries: &queries,
+            cache: inp.cache,
+            keys: &k,
+            values: &v,
+        };
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        if let Some(out) = blockwise_attention(shape, scale, inp.layer, &[input])? {
+            return Ok((out, k, v));
+        }
+    }
     let (k_all, v_all) = inp.cache.gather_with(inp.layer, &k, &v)?;
     let out = causal_attention(&q, &k_all, &v_all)?;
     Ok((out, k, v))
+}
+
+/// One sequence's part of [`blockwise_attention`].
+pub struct BlockwiseInput<'a> {
+    /// Position-encoded queries of the new tokens, `[n, heads, head_dim]`.
+    pub queries: &'a Tensor,
+    pub cache: &'a SeqCache,
+    /// The new tokens' keys and values, `[kv_heads, n, head_dim]`.
+    pub keys: &'a Tensor,
+    pub values: &'a Tensor,
+}
+
+/// New tokens attending over their sequence's cache and themselves (causally), with the
+/// cache's blocks read where they lie (`tessera_kernels::attention`) instead of
+/// concatenated first. CPU and f32 only: `None` elsewhere, where the caller uses the
+/// tensor path. Returns `[Σ n, heads * head_dim]`, sequences in order.
+pub fn blockwise_attention(
+    heads: tessera_kernels::attention::Heads,
+    scale: f32,
+    layer: usize,
+    inputs: &[BlockwiseInput<'_>],
+) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    use tessera_kernels::attention::{KvSpan, SequenceAttention, attend};
+
+    let Some(first) = inputs.first() else {
+        return Ok(None);
+    };
+    if !first.queries.device().is_cpu() || first.queries.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    // Every tensor read, made contiguous where it is not already (a no-op for the cache's
+    // blocks), then its storage locked for reading while the kernel runs.
+    let mut tensors: Vec<Tensor> = Vec::new();
+    let mut span_lens: Vec<Vec<usize>> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        tensors.push(input.queries.contiguous()?);
+        let mut lens = Vec::new();
+        for (k, v, len) in input.cache.layer_blocks(layer) {
+            tensors.push(k.contiguous()?);
+            tensors.push(v.contiguous()?);
+            lens.push(len);
+        }
+        tensors.push(input.keys.contiguous()?);
+        tensors.push(input.values.contiguous()?);
+        lens.push(input.keys.dim(1)?);
+        span_lens.push(lens);
+    }
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        match (&**storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => slices.push(&v[a..b]),
+            _ => return Ok(None),
+        }
+    }
+    let token_width = heads.query * heads.dim;
+    let total_tokens: usize = slices_per_query(&slices, &span_lens)
+        .map(|q| q.len() / token_width.max(1))
+        .sum();
+    let mut out = vec![0f32; total_tokens * token_width];
+    let mut rest_out = out.as_mut_slice();
+    let mut next = slices.iter();
+    let mut sequences = Vec::with_capacity(inputs.len());
+    for lens in &span_lens {
+        let queries = *next.next().expect("a query slice per input");
+        let spans = lens
+            .iter()
+            .map(|&len| KvSpan {
+                keys: next.next().expect("keys per span"),
+                values: next.next().expect("values per span"),
+                len,
+            })
+            .collect();
+        let (mine, later) = rest_out.split_at_mut(queries.len().min(rest_out.len()));
+        rest_out = later;
+        sequences.push(SequenceAttention {
+            queries,
+            spans,
+            out: mine,
+        });
+    }
+    attend(heads, scale, &mut sequences)?;
+    drop(sequences);
+    drop(guards);
+    Ok(Some(Tensor::from_vec(
+        out,
+        (total_tokens, token_width),
+        first.queries.device(),
+    )?))
+}
+
+/// The query slices among [`blockwise_attention`]'s flattened tensors.
+fn slices_per_query<'s>(slices: &'s [&'s [f32]], span_lens: &'s [Vec<usize>]) -> impl Iterator<Item = &'s [f32]> {
+    let mut at = 0;
+    span_lens.iter().map(move |lens| {
+        let q = slices[at];
+        at += 1 + 2 * lens.len();
+        q
+    })
 }
 
 /// Splits `[n, heads * head_dim]` into `[heads, n, head_dim]`.
@@ -214,6 +338,23 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         return Ok(x.contiguous()?.apply_op1_no_bwd(&CpuElementwise::Softmax)?);
     }
     Ok(candle_nn::ops::softmax_last_dim(x)?)
+}
+
+/// `silu(gate) * up` (SwiGLU). On CPU in f32 in one vectorised pass
+/// (`tessera_kernels::elementwise::silu_mul`); candle's `silu` calls libm's `expf` per value
+/// and the product is a second pass.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    use candle_core::{CpuStorage, Storage};
+    if gate.device().is_cpu() && gate.dtype() == DType::F32 && up.dtype() == DType::F32 && gate.dims() == up.dims() {
+        let up = up.contiguous()?;
+        let (storage, layout) = up.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(u)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            let mut out = gate.flatten_all()?.to_vec1::<f32>()?;
+            tessera_kernels::elementwise::silu_mul(&mut out, &u[a..b]);
+            return Ok(Tensor::from_vec(out, gate.shape(), gate.device())?);
+        }
+    }
+    Ok((candle_nn::ops::silu(gate)? * up)?)
 }
 
 /// GELU, exact (erf) form; vectorised on CPU in f32 like [`softmax_last_dim`].
@@ -275,4 +416,74 @@ impl candle_core::CustomOp1 for CpuElementwise {
 /// Log-softmax over the last dimension.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::log_softmax(x, D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::max_diff;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn random(shape: &[usize], rng: &mut StdRng) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The block-reading kernel against concatenated keys and values through matrix
+    /// products, over a cache of several blocks (the last one partly filled), for one new
+    /// token and for a few.
+    #[test]
+    fn blockwise_attention_equals_the_tensor_path() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (heads, kv_heads, dim, layers) = (6, 2, 16, 2);
+        let mut cache = SeqCache::new();
+        for chunk in [100usize, 37] {
+            let keys = (0..layers).map(|_| random(&[kv_heads, chunk, dim], &mut rng)).collect();
+            let values = (0..layers).map(|_| random(&[kv_heads, chunk, dim], &mut rng)).collect();
+            let tokens: Vec<u32> = (0..chunk as u32).collect();
+            cache.append(&tokens, keys, values).unwrap();
+        }
+        for n in [1usize, 5] {
+            let q = random(&[heads, n, dim], &mut rng);
+            let k = random(&[kv_heads, n, dim], &mut rng);
+            let v = random(&[kv_heads, n, dim], &mut rng);
+            let layer = 1;
+            let (k_all, v_all) = cache.gather_with(layer, &k, &v).unwrap();
+            let want = causal_attention(&q, &k_all, &v_all).unwrap();
+            let queries = q.transpose(0, 1).unwrap().contiguous().unwrap();
+            let shape = tessera_kernels::attention::Heads {
+                query: heads,
+                key_value: kv_heads,
+                dim,
+            };
+            let input = BlockwiseInput {
+                queries: &queries,
+                cache: &cache,
+                keys: &k,
+                values: &v,
+            };
+            let got = blockwise_attention(shape, 1.0 / (dim as f32).sqrt(), layer, &[input])
+                .unwrap()
+                .expect("CPU f32 takes the kernel");
+            assert_eq!(got.dims(), want.dims());
+            let diff = max_diff(&got, &want);
+            assert!(diff < 1e-5, "n = {n}: max difference {diff}");
+        }
+    }
+
+    #[test]
+    fn silu_mul_equals_candles_silu_times_up() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let gate = random(&[3, 40], &mut rng);
+        let up = random(&[3, 40], &mut rng);
+        let want = (candle_nn::ops::silu(&gate).unwrap() * &up).unwrap();
+        let got = silu_mul(&gate, &up).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5);
+        // Non-contiguous inputs (halves of a wider projection) take the same path.
+        let wide = random(&[3, 80], &mut rng);
+        let (g, u) = (wide.narrow(1, 0, 40).unwrap(), wide.narrow(1, 40, 40).unwrap());
+        let want = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+        assert!(max_diff(&silu_mul(&g, &u).unwrap(), &want) < 1e-5);
+    }
 }

@@ -21,6 +21,8 @@ pub mod loader;
 pub mod model;
 pub mod sampling;
 pub mod starcoder2;
+#[cfg(test)]
+mod testing;
 pub mod tokenizer;
 pub mod weights;
 pub mod whisper;

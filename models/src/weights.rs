@@ -549,25 +549,13 @@ fn packed_cpu(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>, epilogue: Epi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_diff;
 
     fn tensor(rows: usize, cols: usize, seed: u64) -> Tensor {
         let values: Vec<f32> = (0..rows * cols)
             .map(|i| (((i as u64 + 1) * (seed * 2 + 1) * 2_654_435_761) % 2001) as f32 / 1000.0 - 1.0)
             .collect();
         Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// Whatever storage `Linear` picks for dense f32 weights on this CPU (packed with

@@ -1012,6 +1012,10 @@ impl Whisper {
     /// `log_mel_spectrogram`, padded to exactly `2 * n_audio_ctx` frames) and computes
     /// every decoder layer's cross-attention keys and values once.
     pub fn encode(&self, mel: &Tensor) -> Result<AudioFeatures> {
+        crate::model::on_pool(&self.inner.device, || self.encode_here(mel))
+    }
+
+    fn encode_here(&self, mel: &Tensor) -> Result<AudioFeatures> {
         let cfg = &self.inner.config;
         let w = &self.inner.weights;
         let dims = mel.dims();
@@ -1285,7 +1289,12 @@ impl WhisperDecoder {
 
     /// The decoder forward over new tokens; with `capture`, the cross-attention scores of
     /// every layer (`[heads, n, n_audio_ctx]`, one sequence only) are pushed to it.
-    fn forward(&mut self, tokens: &[&[u32]], mut capture: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+    fn forward(&mut self, tokens: &[&[u32]], capture: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+        let device = self.model.device.clone();
+        crate::model::on_pool(&device, || self.forward_here(tokens, capture))
+    }
+
+    fn forward_here(&mut self, tokens: &[&[u32]], mut capture: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
         let m = self.model.clone();
         let cfg = &m.config;
         let w = &m.weights;
