@@ -123,6 +123,14 @@ impl Backend for LocalBackend {
             self.model.engine.clear_prefix_cache();
         }
         let generation = self.model.generate(&request.prompt, &params, None)?;
+        tracing::debug!(
+            "generated: {} prompt tokens ({} reused), prefill {:.0} ms, {} steps in {:.0} ms",
+            generation.prompt_tokens,
+            generation.reused_tokens,
+            generation.prefill_ms,
+            generation.decode_steps,
+            generation.decode_ms
+        );
         let candidates = generation
             .completions
             .into_iter()
