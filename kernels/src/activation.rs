@@ -58,9 +58,9 @@ impl Activations {
         Self::quantize_portable(ty, layout, offset, x, rows, k)
     }
 
-    /// The same code compiled for AVX2: `f32::round` is then a vector instruction sequence
-    /// instead of a call to libm's `roundf` per value (baseline x86-64 has no SSE4.1), which
-    /// made quantizing three rows of 4,864 values a third of the matrix product's time.
+    /// The same code compiled for AVX2, for builds without `-C target-cpu=native`: on
+    /// baseline x86-64 (no SSE4.1) `f32::round` is a libm call per value; here it is a
+    /// vector instruction sequence.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn quantize_avx2(ty: QuantType, layout: &Layout, offset: i32, x: &[f32], rows: usize, k: usize) -> Activations {
