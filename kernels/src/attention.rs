@@ -226,9 +226,15 @@ fn run_unit_sized_with<const FMA: bool, const D: usize>(
 
 #[inline(always)]
 fn run_unit_any<const FMA: bool>(u: &mut Unit<'_, '_>, shape: UnitShape) {
+    SCORES.with_borrow_mut(|scores| run_unit_any_with::<FMA>(u, shape, scores));
+}
+
+#[inline(always)]
+fn run_unit_any_with<const FMA: bool>(u: &mut Unit<'_, '_>, shape: UnitShape, scores: &mut Vec<f32>) {
     let UnitShape { group, dim, scale } = shape;
     let visible = u.visible;
-    let mut scores = vec![0f32; group * visible];
+    scores.clear();
+    scores.resize(group * visible, 0.0);
     for (pos, keys) in visible_rows(u.spans, u.kv_head, dim, visible, Part::Keys) {
         for (j, key) in keys.chunks_exact(dim).enumerate() {
             for (h, q) in u.queries.chunks_exact(dim).enumerate() {
