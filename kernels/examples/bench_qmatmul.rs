@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
-use tessera_kernels::{Isa, QuantType, quantized_matmul_with};
+use tessera_kernels::{Isa, QuantType, QuantizedWeight};
 
 fn ggml_dtype(ty: QuantType) -> GgmlDType {
     match ty {
@@ -46,10 +46,17 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
     let with_candle = std::env::args().nth(2).is_none_or(|a| a != "ours");
-    // BENCH_ROWS=4 times one row count only (for profiling).
+    // BENCH_ROWS=4 (or 1,3,4) times only those row counts (for profiling).
     let cold = std::env::var("BENCH_COLD").is_ok_and(|v| v == "1");
     let row_counts: Vec<usize> = match std::env::var("BENCH_ROWS") {
-        Ok(rows) => vec![rows.parse().expect("BENCH_ROWS is a number")],
+        Ok(rows) => rows
+            .split(',')
+            .map(|r| {
+                r.trim()
+                    .parse()
+                    .expect("BENCH_ROWS is a comma-separated list of numbers")
+            })
+            .collect(),
         Err(_) => vec![1, 4, 8, 16],
     };
     // BENCH_ISA=avx2 or scalar forces a slower implementation.
@@ -99,6 +106,11 @@ fn main() {
                 })
                 .collect();
             drop(qt);
+            // Repacked once, as a model does at load time.
+            let ours: Vec<QuantizedWeight> = weights
+                .iter()
+                .map(|w| QuantizedWeight::from_ggml(ty, w, n, k).unwrap())
+                .collect();
             let budget = Duration::from_millis(if n > 100_000 { 1500 } else { 400 });
             let mut one_row = 0.0;
             for rows in row_counts.iter().copied() {
@@ -108,7 +120,7 @@ fn main() {
                 let mut next = 0;
                 let ours = time(budget, || {
                     next = (next + 1) % copies;
-                    quantized_matmul_with(isa, ty, &weights[next], n, k, &x, rows, &mut y).unwrap();
+                    ours[next].matmul_with(isa, &x, rows, &mut y).unwrap();
                 });
                 let candle = if with_candle {
                     time(budget, || {

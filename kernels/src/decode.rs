@@ -1,9 +1,9 @@
 //! Decoding one weight row from its ggml blocks into the interleaved layout: unsigned
 //! bytes (the quantized values, plus the mode's offset) and per-lane scales and minimums.
 //!
-//! This is the portable decoder, used by the scalar path and as the reference for the SIMD
-//! decoders. Block layouts and value orders follow ggml's `dequantize_row_*` (candle's
-//! `to_float`).
+//! This is the portable decoder that `repack` builds the stored form from, and the
+//! reference its unpacking is tested against. Block layouts and value orders follow
+//! ggml's `dequantize_row_*` (candle's `to_float`).
 
 use half::f16;
 

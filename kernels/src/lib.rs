@@ -6,7 +6,9 @@
 //! is read once per call: the activation rows are quantized to 8 bits once (Q8_0 blocks, or
 //! Q8_K super-blocks for the K-quants, with candle's rounding), then each group of each
 //! weight row is decoded once, into registers, and multiplied with every activation row
-//! (in tiles of up to 8 rows, whose accumulators are registers too).
+//! (in tiles of up to 8 rows, whose accumulators are registers too). The weights are
+//! repacked once, at load time ([`QuantizedWeight`]), so that decoding a group is a few
+//! masks and shifts rather than a transpose.
 //!
 //! Both sides are cut into *groups* of 8 *lanes* (`layout`): a lane is one quantization
 //! block (or sub-block) and the bytes of a group are interleaved so that one 32-byte vector
@@ -23,8 +25,9 @@
 //! `attention` (a few new tokens attending over a KV cache kept in blocks, read in place).
 //!
 //! Code map: `layout` (groups and lanes), `activation` (quantizing the activation rows),
-//! `decode` and `scalar` (the portable path, always compiled and tested), `x86` (AVX2,
-//! and AVX-512 VNNI where the CPU has it, picked at run time).
+//! `decode` (ggml blocks to the interleaved layout), `repack` (the weights' stored form),
+//! `scalar` (the portable path, always compiled and tested), `x86` (AVX2, and AVX-512
+//! VNNI where the CPU has it, picked at run time).
 
 mod activation;
 pub mod attention;
@@ -33,6 +36,7 @@ pub mod dense;
 pub mod elementwise;
 mod layout;
 pub mod packed;
+mod repack;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -40,7 +44,7 @@ mod x86;
 use rayon::prelude::*;
 
 use crate::activation::Activations;
-use crate::layout::Layout;
+pub use crate::repack::QuantizedWeight;
 
 /// Errors of this crate: only inconsistent sizes, which are caller bugs reported as values
 /// so that a bad tensor shape never takes the process down.
@@ -81,6 +85,8 @@ pub enum Error {
     Overflow { rows: usize, n: usize, k: usize },
     #[error("instruction set {0:?} is not available on this cpu")]
     IsaUnavailable(Isa),
+    #[error("row {row} of a matrix with {n} rows")]
+    RowOutOfRange { row: usize, n: usize },
     #[error("attention: {0}")]
     AttentionShape(String),
 }
@@ -183,6 +189,9 @@ impl Isa {
 /// `W: [n, k]` given as its raw GGUF bytes (each row is `k / block_size` consecutive blocks,
 /// as returned by candle's `QTensor::data()`), writing `y: [rows, n]` f32 (row-major).
 ///
+/// This repacks `W` on every call (see [`QuantizedWeight`]); a model repacks its weights
+/// once and calls [`QuantizedWeight::matmul`].
+///
 /// The activations are quantized to 8 bits exactly as candle's `QMatMul` does, so results
 /// match candle's up to float summation order. Meant for small `rows` (1 to 16); any count
 /// works. Runs on rayon's global pool, split over the output columns.
@@ -210,69 +219,83 @@ pub fn quantized_matmul_with(
     rows: usize,
     y: &mut [f32],
 ) -> Result<()> {
-    check_sizes(ty, weight.len(), n, k, x.len(), rows, y.len())?;
-    if !isa.is_available() {
-        return Err(Error::IsaUnavailable(isa));
-    }
-    if rows == 0 || n == 0 {
-        return Ok(());
-    }
-    let layout = Layout::new(ty, k);
-    let mode = Mode::new(ty, isa);
-    let act = Activations::quantize(ty, &layout, mode.offset, x, rows, k);
-    let row_bytes = k / ty.block_size() * ty.block_bytes();
-
-    // Tasks own a range of output columns in every row; disjoint `&mut` pieces of `y` keep
-    // that safe without transposing the output afterwards.
-    let chunk = column_chunk(n);
-    let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(rows)).collect();
-    for y_row in y.chunks_mut(n) {
-        for (task, piece) in tasks.iter_mut().zip(y_row.chunks_mut(chunk)) {
-            task.push(piece);
-        }
-    }
-    tasks.into_par_iter().enumerate().for_each(|(t, mut outs)| {
-        let first = t * chunk;
-        let cols = outs[0].len();
-        let weight = &weight[first * row_bytes..(first + cols) * row_bytes];
-        match isa {
-            Isa::Scalar => scalar::run(ty, &layout, mode, weight, row_bytes, &act, &mut outs),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512Vnni => x86::run(isa, ty, &layout, mode, weight, row_bytes, &act, &mut outs),
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512Vnni => unreachable!("checked by Isa::is_available"),
-        }
-    });
-    Ok(())
+    check_weight(ty, weight.len(), n, k)?;
+    check_activations(n, k, x.len(), rows, y.len())?;
+    QuantizedWeight::from_ggml(ty, weight, n, k)?.matmul_with(isa, x, rows, y)
 }
 
-fn check_sizes(
-    ty: QuantType,
-    weight_len: usize,
-    n: usize,
-    k: usize,
-    x_len: usize,
-    rows: usize,
-    y_len: usize,
-) -> Result<()> {
+impl QuantizedWeight {
+    /// `y[r][j] = sum_i x[r][i] * W[j][i]` for `x: [rows, k]` and `y: [rows, n]` (f32,
+    /// row-major), as [`quantized_matmul`] without the repacking.
+    pub fn matmul(&self, x: &[f32], rows: usize, y: &mut [f32]) -> Result<()> {
+        self.matmul_with(Isa::best(), x, rows, y)
+    }
+
+    /// [`QuantizedWeight::matmul`] on a chosen implementation; errors if this CPU lacks it.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) -> Result<()> {
+        let (ty, n, k) = (self.ty(), self.n(), self.k());
+        check_activations(n, k, x.len(), rows, y.len())?;
+        if !isa.is_available() {
+            return Err(Error::IsaUnavailable(isa));
+        }
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        let layout = *self.layout();
+        let mode = Mode::new(ty, isa);
+        let act = Activations::quantize(ty, &layout, mode.offset, x, rows, k);
+        let row_bytes = self.row_bytes();
+
+        // Tasks own a range of output columns in every row; disjoint `&mut` pieces of `y`
+        // keep that safe without transposing the output afterwards.
+        let chunk = column_chunk(n);
+        let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(rows)).collect();
+        for y_row in y.chunks_mut(n) {
+            for (task, piece) in tasks.iter_mut().zip(y_row.chunks_mut(chunk)) {
+                task.push(piece);
+            }
+        }
+        let bytes = self.bytes();
+        tasks.into_par_iter().enumerate().for_each(|(t, mut outs)| {
+            let first = t * chunk;
+            let cols = outs[0].len();
+            let weight = &bytes[first * row_bytes..(first + cols) * row_bytes];
+            match isa {
+                Isa::Scalar => scalar::run(ty, &layout, weight, row_bytes, &act, &mut outs),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 | Isa::Avx512Vnni => x86::run(isa, ty, &layout, mode, weight, row_bytes, &act, &mut outs),
+                #[cfg(not(target_arch = "x86_64"))]
+                Isa::Avx2 | Isa::Avx512Vnni => unreachable!("checked by Isa::is_available"),
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Checks that `len` bytes are a ggml matrix `[n, k]` of type `ty`.
+pub(crate) fn check_weight(ty: QuantType, len: usize, n: usize, k: usize) -> Result<()> {
     let block_size = ty.block_size();
     if !k.is_multiple_of(block_size) {
         return Err(Error::KNotBlockAligned { ty, k, block_size });
     }
-    let overflow = Error::Overflow { rows, n, k };
     let expected = (k / block_size)
         .checked_mul(ty.block_bytes())
         .and_then(|row| row.checked_mul(n))
-        .ok_or_else(|| overflow.clone())?;
-    if weight_len != expected {
+        .ok_or(Error::Overflow { rows: 0, n, k })?;
+    if len != expected {
         return Err(Error::WeightSize {
             ty,
             n,
             k,
             expected,
-            actual: weight_len,
+            actual: len,
         });
     }
+    Ok(())
+}
+
+fn check_activations(n: usize, k: usize, x_len: usize, rows: usize, y_len: usize) -> Result<()> {
+    let overflow = Error::Overflow { rows, n, k };
     let expected = rows.checked_mul(k).ok_or_else(|| overflow.clone())?;
     if x_len != expected {
         return Err(Error::InputSize {

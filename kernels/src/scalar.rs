@@ -2,17 +2,17 @@
 //! what the SIMD kernels compute (same integer sums, same fused multiply-adds in the same
 //! order), so that tests can require the two to agree bit for bit.
 
+use crate::QuantType;
 use crate::activation::{ActRow, Activations};
-use crate::decode::{DecodedRow, decode_row};
+use crate::decode::DecodedRow;
 use crate::layout::{LANES, Layout, VECTOR};
-use crate::{Mode, QuantType};
+use crate::repack::unpack_row;
 
-/// Computes the output columns of one task: `weight` holds its rows, `outs[r]` the matching
-/// slice of output row `r`.
+/// Computes the output columns of one task: `weight` holds its repacked rows, `outs[r]`
+/// the matching slice of output row `r`.
 pub(crate) fn run(
     ty: QuantType,
     layout: &Layout,
-    mode: Mode,
     weight: &[u8],
     row_bytes: usize,
     act: &Activations,
@@ -20,7 +20,7 @@ pub(crate) fn run(
 ) {
     let mut decoded = DecodedRow::new(ty, layout);
     for (j, w) in weight.chunks_exact(row_bytes.max(1)).enumerate() {
-        decode_row(ty, layout, mode, w, &mut decoded);
+        unpack_row(ty, layout, w, &mut decoded);
         for (r, out) in outs.iter_mut().enumerate() {
             out[j] = dot(&decoded, act.row(r));
         }

@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 use crate::activation::{ActRow, Activations, XGroup};
 use crate::decode::f16_at;
 use crate::layout::Layout;
+use crate::repack::{narrow_bytes, wide_bytes};
 use crate::{Isa, Mode, QuantType};
 
 pub(crate) fn has_avx2() -> bool {
@@ -105,13 +106,15 @@ pub(crate) fn run(
         let rows: [ActRow<'_>; ROW_TILE] = std::array::from_fn(|i| act.row((t * ROW_TILE + i).min(last_row)));
         let tile = &rows[..outs.len()];
         let tile_fn = match ty {
-            QuantType::Q4_0 => run_tile::<Q4_0, 18>,
-            QuantType::Q4_1 => run_tile::<Q4_1, 20>,
-            QuantType::Q5_0 => run_tile::<Q5_0, 22>,
-            QuantType::Q8_0 if mode.signed => run_tile::<Q8_0_SIGNED, 34>,
-            QuantType::Q8_0 => run_tile::<Q8_0, 34>,
-            QuantType::Q4K => run_tile::<Q4K, 144>,
-            QuantType::Q6K => run_tile::<Q6K, 210>,
+            QuantType::Q4_0 => run_tile::<Q4_0, { wide_bytes(QuantType::Q4_0) }, { narrow_bytes(QuantType::Q4_0) }>,
+            QuantType::Q4_1 => run_tile::<Q4_1, { wide_bytes(QuantType::Q4_1) }, { narrow_bytes(QuantType::Q4_1) }>,
+            QuantType::Q5_0 => run_tile::<Q5_0, { wide_bytes(QuantType::Q5_0) }, { narrow_bytes(QuantType::Q5_0) }>,
+            QuantType::Q8_0 if mode.signed => {
+                run_tile::<Q8_0_SIGNED, { wide_bytes(QuantType::Q8_0) }, { narrow_bytes(QuantType::Q8_0) }>
+            }
+            QuantType::Q8_0 => run_tile::<Q8_0, { wide_bytes(QuantType::Q8_0) }, { narrow_bytes(QuantType::Q8_0) }>,
+            QuantType::Q4K => run_tile::<Q4K, { wide_bytes(QuantType::Q4K) }, 0>,
+            QuantType::Q6K => run_tile::<Q6K, 0, { narrow_bytes(QuantType::Q6K) }>,
         };
         tile_fn(vnni, layout, weight, row_bytes, tile, outs);
     }
@@ -119,7 +122,7 @@ pub(crate) fn run(
 
 /// Runs one tile of up to [`ROW_TILE`] activation rows with the kernel for its size.
 #[allow(clippy::too_many_arguments)]
-fn run_tile<const TY: u8, const BB: usize>(
+fn run_tile<const TY: u8, const WB: usize, const NB: usize>(
     vnni: bool,
     layout: &Layout,
     weight: &[u8],
@@ -135,10 +138,10 @@ fn run_tile<const TY: u8, const BB: usize>(
                     if vnni {
                         // SAFETY: `Isa::is_available` checked the features before any task
                         // was started.
-                        unsafe { task_vnni::<TY, BB, $r>(layout, weight, row_bytes, tile, outs) }
+                        unsafe { task_vnni::<TY, WB, NB, $r>(layout, weight, row_bytes, tile, outs) }
                     } else {
                         // SAFETY: as above.
-                        unsafe { task_avx2::<TY, BB, $r>(layout, weight, row_bytes, tile, outs) }
+                        unsafe { task_avx2::<TY, WB, NB, $r>(layout, weight, row_bytes, tile, outs) }
                     }
                 })*
                 _ => unreachable!("tiles have 1 to ROW_TILE rows"),
@@ -170,7 +173,7 @@ macro_rules! task {
         /// is decoded once and multiplied with every row. Long rows are cut into spans of
         /// groups whose activations stay in L1 while a block of weight rows goes by.
         #[target_feature(enable = $features)]
-        fn $name<const TY: u8, const BB: usize, const R: usize>(
+        fn $name<const TY: u8, const WB: usize, const NB: usize, const R: usize>(
             layout: &Layout,
             weight: &[u8],
             row_bytes: usize,
@@ -186,19 +189,25 @@ macro_rules! task {
                 acc.fill([_mm256_setzero_ps(); R]);
                 for start in (0..layout.groups()).step_by(span) {
                     let end = layout.groups().min(start + span);
+                    let offset = |g: usize| g.min(layout.wide) * WB + g.saturating_sub(layout.wide) * NB;
+                    let (from, to) = (offset(start), offset(end));
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let row = &weight[(first + j) * row_bytes..][..row_bytes];
-                        if prefetching && start == 0 {
-                            prefetch(
-                                weight
-                                    .get((first + j + PREFETCH_ROWS) * row_bytes..)
-                                    .unwrap_or(&[]),
-                                row_bytes,
-                            );
+                        if prefetching {
+                            if first == 0 && start == 0 {
+                                // The first block: whole rows a little ahead.
+                                let ahead = weight.get((j + PREFETCH_ROWS) * row_bytes..).unwrap_or(&[]);
+                                prefetch(ahead, row_bytes);
+                            }
+                            // The same span of the next block's rows: the block's memory
+                            // traffic then overlaps the compute of every span, not only
+                            // the first one's.
+                            let next = (first + ROW_BLOCK + j) * row_bytes;
+                            prefetch(weight.get(next + from..).unwrap_or(&[]), to - from);
                         }
                         let mut a = *acc;
                         for g in start..end.min(layout.wide) {
-                            let grp = decode_wide::<TY, BB, R, $vnni>(row, g);
+                            let grp = decode_wide::<TY, WB, R, $vnni>(array(&row[g * WB..]));
                             let mut x = [&NO_WIDE; R];
                             for (x, row) in x.iter_mut().zip(tile) {
                                 *x = &row.wide[g];
@@ -209,7 +218,8 @@ macro_rules! task {
                             }
                         }
                         for g in start.max(layout.wide)..end {
-                            let grp = decode_narrow::<TY, BB, R, $vnni>(row, layout, g);
+                            let at = layout.wide * WB + (g - layout.wide) * NB;
+                            let grp = decode_narrow::<TY, NB, R, $vnni>(array(&row[at..]));
                             let mut x = [&NO_NARROW; R];
                             for (x, row) in x.iter_mut().zip(tile) {
                                 *x = &row.narrow[g - layout.wide];
@@ -363,340 +373,169 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
 }
 
-/// 8x8 transpose of 32-bit elements: row `i` of the input is lane `i` (32 natural bytes),
-/// row `v` of the output is interleaved vector `v`.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn interleave_wide(r: [__m256i; 8]) -> [__m256i; 8] {
-    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
-    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
-    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-    let u0 = _mm256_unpacklo_epi64(t0, t2);
-    let u1 = _mm256_unpackhi_epi64(t0, t2);
-    let u2 = _mm256_unpacklo_epi64(t1, t3);
-    let u3 = _mm256_unpackhi_epi64(t1, t3);
-    let u4 = _mm256_unpacklo_epi64(t4, t6);
-    let u5 = _mm256_unpackhi_epi64(t4, t6);
-    let u6 = _mm256_unpacklo_epi64(t5, t7);
-    let u7 = _mm256_unpackhi_epi64(t5, t7);
-    [
-        _mm256_permute2x128_si256::<0x20>(u0, u4),
-        _mm256_permute2x128_si256::<0x20>(u1, u5),
-        _mm256_permute2x128_si256::<0x20>(u2, u6),
-        _mm256_permute2x128_si256::<0x20>(u3, u7),
-        _mm256_permute2x128_si256::<0x31>(u0, u4),
-        _mm256_permute2x128_si256::<0x31>(u1, u5),
-        _mm256_permute2x128_si256::<0x31>(u2, u6),
-        _mm256_permute2x128_si256::<0x31>(u3, u7),
-    ]
-}
-
-/// Interleaves a narrow group given as 4 natural 32-byte vectors (`n[m]` holds runs `2m`
-/// and `2m + 1` of 16 values): two 4x4 transposes of 32-bit elements, one per 128-bit
-/// half, which is what the lane order of narrow groups ([`crate::layout::narrow_run`])
-/// was chosen for.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn interleave_narrow(n: [__m256i; 4]) -> [__m256i; 4] {
-    transpose_halves(n)
-}
-
-/// Interleaves the 16 bytes of nibbles of 8 legacy blocks (row `i` is block `i`): dword `i`
-/// of output `u` is bytes `4u..4u + 4` of block `i`. Their low nibbles are values `4u..`
-/// and their high nibbles values `16 + 4u..` of the block, i.e. interleaved vectors `u` and
-/// `4 + u`: interleaving the packed bytes moves half the data of interleaving the values.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn interleave_nibble_rows(r: [__m128i; 8]) -> [__m256i; 4] {
-    let pair = |lo: __m128i, hi: __m128i| _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi);
-    transpose_halves([pair(r[0], r[4]), pair(r[1], r[5]), pair(r[2], r[6]), pair(r[3], r[7])])
-}
-
-/// A 4x4 transpose of 32-bit elements in each 128-bit half.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn transpose_halves(r: [__m256i; 4]) -> [__m256i; 4] {
-    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    [
-        _mm256_unpacklo_epi64(t0, t2),
-        _mm256_unpackhi_epi64(t0, t2),
-        _mm256_unpacklo_epi64(t1, t3),
-        _mm256_unpackhi_epi64(t1, t3),
-    ]
-}
-
-/// Q5_0's fifth bits in the interleaved layout: byte `t` of dword `i` of vector `v` is 0x10
-/// where bit `4v + t` of `qh[i]` is set. Shift and multiply, not shuffles, which are busy
-/// with the interleaving: the multiply copies the 4 bits at offsets 4, 11, 18 and 25, which
-/// puts bit `t` of copy `t` at bit `8t + 4`, and no other bit lands on those positions.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn fifth_bits(qh: __m256i, v: usize) -> __m256i {
-    let bits = _mm256_and_si256(
-        _mm256_srl_epi32(qh, _mm_cvtsi32_si128(4 * v as i32)),
-        _mm256_set1_epi32(0xF),
-    );
-    let spread = _mm256_mullo_epi32(bits, _mm256_set1_epi32(0x0204_0810));
-    _mm256_and_si256(spread, _mm256_set1_epi32(0x1010_1010))
-}
-
-/// ggml's nibble order: low nibbles are values 0..16, high nibbles values 16..32.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn nibbles(qs: &[u8; 16]) -> __m256i {
-    let q = load_half(qs);
-    let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q), _mm_srli_epi16::<4>(q));
-    _mm256_and_si256(both, _mm256_set1_epi8(0xF))
-}
-
-/// Byte `i` is 0xFF where bit `i` of `bits` is set (ggml's `bytes_from_bits_32`).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn bit_bytes(bits: u32) -> __m256i {
-    let spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits as i32),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
-    );
-    // Each byte keeps only its own bit clear in the mask, so it becomes all-ones iff set.
-    let all_but_own_bit = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
-    _mm256_cmpeq_epi8(_mm256_or_si256(spread, all_but_own_bit), _mm256_set1_epi32(-1))
-}
-
-/// Eight f16 values, widened. They are packed into two integers first: inserting them one
-/// by one into a vector takes the shuffle units, which the interleaving already saturates.
+/// Eight f16 values, widened.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn f16x8(bits: &[u16; 8]) -> __m256 {
-    let pack = |b: &[u16]| b.iter().rev().fold(0u64, |acc, &b| (acc << 16) | b as u64) as i64;
-    _mm256_cvtph_ps(_mm_set_epi64x(pack(&bits[4..]), pack(&bits[..4])))
+fn f16x8(bytes: &[u8; 16]) -> __m256 {
+    _mm256_cvtph_ps(load_half(bytes))
 }
 
-/// The 32 natural values of a legacy block (Q8_0: the signed weights).
+/// Four f16 values, widened into lanes `i` and `i + 4` (the lanes of a narrow legacy
+/// group that share block `i`).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16x4_twice(bytes: &[u8; 8]) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi64x(i64::from_le_bytes(*bytes)))
+}
+
+/// Eight bytes, widened to floats.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn legacy_values<const TY: u8, const BB: usize>(blk: &[u8; BB]) -> __m256i {
-    match TY {
-        Q4_0 => nibbles(array(&blk[2..])),
-        Q4_1 => nibbles(array(&blk[4..])),
-        Q5_0 => {
-            let qh = u32::from_le_bytes(*array(&blk[2..]));
-            let fifth = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
-            _mm256_or_si256(nibbles(array(&blk[6..])), fifth)
-        }
-        _ => load_u8(array(&blk[2..])),
+fn u8x8(bytes: &[u8; 8]) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set1_epi64x(i64::from_le_bytes(*bytes))))
+}
+
+/// Eight signed bytes, widened to floats.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn i8x8(bytes: &[u8; 8]) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_set1_epi64x(i64::from_le_bytes(*bytes))))
+}
+
+/// The `NV` value vectors of packed nibbles (`repack`): vector `u` and `u + NV / 2` share
+/// a byte, low and high nibble.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibble_vectors<const NV: usize>(packed: &[u8]) -> [__m256i; NV] {
+    let mask = _mm256_set1_epi8(0xF);
+    let mut q = [_mm256_setzero_si256(); NV];
+    for u in 0..NV / 2 {
+        let p = load_u8(array(&packed[u * 32..]));
+        q[u] = _mm256_and_si256(p, mask);
+        q[u + NV / 2] = _mm256_and_si256(_mm256_srli_epi16::<4>(p), mask);
     }
+    q
 }
 
-/// A legacy group from its interleaved values and f16 scales (and minimums): Q8_0 becomes
-/// `w + 128`, or `|w|` with the signs kept.
+/// Bit `from` of every byte of `bits`, moved to bit `to` (other bits cleared). 16-bit
+/// shifts: what crosses from the neighbouring byte is cleared by the mask.
 #[inline]
-#[target_feature(enable = "avx2,f16c")]
-fn legacy_group<const TY: u8, const NV: usize>(q: [__m256i; NV], d: &[u16; 8], m: &[u16; 8]) -> Group<NV> {
-    let mut grp = Group {
-        q,
-        sign: q,
-        scale: f16x8(d),
-        min: _mm256_setzero_ps(),
+#[target_feature(enable = "avx2")]
+fn move_bit(bits: __m256i, from: usize, to: usize, mask: __m256i) -> __m256i {
+    let moved = if from <= to {
+        _mm256_sll_epi16(bits, _mm_cvtsi32_si128((to - from) as i32))
+    } else {
+        _mm256_srl_epi16(bits, _mm_cvtsi32_si128((from - to) as i32))
     };
-    if TY == Q4_1 {
-        grp.min = f16x8(m);
-    }
-    for q in &mut grp.q {
-        match TY {
-            Q8_0 => *q = _mm256_xor_si256(*q, _mm256_set1_epi8(-128)),
-            Q8_0_SIGNED => *q = _mm256_abs_epi8(*q),
-            _ => {}
+    _mm256_and_si256(moved, mask)
+}
+
+/// A legacy group from its values and scales (and minimums): Q8_0 is stored as
+/// `w + 128`; AVX2's signed mode wants `|w|` with the signed weights alongside.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn legacy_group<const TY: u8, const NV: usize>(q: [__m256i; NV], scale: __m256, min: __m256) -> Group<NV> {
+    let mut grp = Group { q, sign: q, scale, min };
+    if TY == Q8_0_SIGNED {
+        for (q, sign) in grp.q.iter_mut().zip(&mut grp.sign) {
+            *sign = _mm256_xor_si256(*q, _mm256_set1_epi8(-128));
+            *q = _mm256_abs_epi8(*sign);
         }
     }
     grp
 }
 
-/// Wide group `g` of a weight row: 8 legacy blocks, or one Q4_K super-block.
+/// A wide group of a repacked row (`repack`): 8 legacy blocks, or one Q4_K super-block.
 ///
-/// `ROWS` and `VNNI` only make each caller get its own copy: LLVM always inlines a private function
-/// with a single call site, while a shared copy of a large decoder was called instead, and
-/// the group then went through memory (`#[inline(always)]` is not allowed with
-/// `#[target_feature]`).
+/// `ROWS` and `VNNI` only make each caller get its own copy: LLVM always inlines a private
+/// function with a single call site, while a shared copy of a large decoder was called
+/// instead, and the group then went through memory (`#[inline(always)]` is not allowed
+/// with `#[target_feature]`).
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn decode_wide<const TY: u8, const BB: usize, const ROWS: usize, const VNNI: bool>(row: &[u8], g: usize) -> Group<8> {
-    if TY == Q4K {
-        return q4k_group(array(&row[g * 144..]));
-    }
-    let mut padded = [[0u8; BB]; 8];
-    let blocks = match row.get(g * 8 * BB..(g + 1) * 8 * BB) {
-        Some(bytes) => bytes.as_chunks::<BB>().0,
-        None => {
-            // The last group of a row whose block count is 5 to 7 past a multiple of 8:
-            // zero blocks (zero scales) pad it.
-            let (present, _) = row[g * 8 * BB..].as_chunks::<BB>();
-            padded[..present.len()].copy_from_slice(present);
-            &padded[..]
+fn decode_wide<const TY: u8, const WB: usize, const ROWS: usize, const VNNI: bool>(grp: &[u8; WB]) -> Group<8> {
+    let zero = _mm256_setzero_ps();
+    match TY {
+        Q4K => {
+            let (d, dmin) = (f16_at(grp, 0), f16_at(grp, 2));
+            let q = nibble_vectors::<8>(&grp[20..]);
+            Group {
+                q,
+                sign: q,
+                scale: _mm256_mul_ps(_mm256_set1_ps(d), u8x8(array(&grp[4..]))),
+                min: _mm256_mul_ps(_mm256_set1_ps(-dmin), u8x8(array(&grp[12..]))),
+            }
         }
-    };
-    let (mut v, mut d, mut m) = ([_mm256_setzero_si256(); 8], [0u16; 8], [0u16; 8]);
-    for (i, blk) in blocks[..8].iter().enumerate() {
-        d[i] = u16::from_le_bytes([blk[0], blk[1]]);
-        if TY == Q4_1 {
-            m[i] = u16::from_le_bytes([blk[2], blk[3]]);
+        Q8_0 | Q8_0_SIGNED => {
+            let mut q = [_mm256_setzero_si256(); 8];
+            for (v, q) in q.iter_mut().enumerate() {
+                *q = load_u8(array(&grp[16 + 32 * v..]));
+            }
+            legacy_group::<TY, 8>(q, f16x8(array(grp)), zero)
         }
-    }
-    if TY == Q8_0 || TY == Q8_0_SIGNED {
-        for (v, blk) in v.iter_mut().zip(&blocks[..8]) {
-            *v = legacy_values::<TY, BB>(blk);
-        }
-        return legacy_group::<TY, 8>(interleave_wide(v), &d, &m);
-    }
-    let nibble_offset = if TY == Q4_0 {
-        2
-    } else if TY == Q4_1 {
-        4
-    } else {
-        6
-    };
-    let mut rows = [_mm_setzero_si128(); 8];
-    for (r, blk) in rows.iter_mut().zip(&blocks[..8]) {
-        *r = load_half(array(&blk[nibble_offset..]));
-    }
-    let packed = interleave_nibble_rows(rows);
-    let mask = _mm256_set1_epi8(0xF);
-    for u in 0..4 {
-        v[u] = _mm256_and_si256(packed[u], mask);
-        v[4 + u] = _mm256_and_si256(_mm256_srli_epi16::<4>(packed[u]), mask);
-    }
-    if TY == Q5_0 {
-        let mut qh = [0u32; 8];
-        for (qh, blk) in qh.iter_mut().zip(&blocks[..8]) {
-            *qh = u32::from_le_bytes(*array(&blk[2..]));
-        }
-        let pair = |i: usize| (qh[i] as u64 | (qh[i + 1] as u64) << 32) as i64;
-        let qh = _mm256_set_epi64x(pair(6), pair(4), pair(2), pair(0));
-        for (i, v) in v.iter_mut().enumerate() {
-            *v = _mm256_or_si256(*v, fifth_bits(qh, i));
+        _ => {
+            let header = if TY == Q4_1 { 32 } else { 16 };
+            let mut q = nibble_vectors::<8>(&grp[header..]);
+            if TY == Q5_0 {
+                let bits = load_u8(array(&grp[header + 128..]));
+                let fifth = _mm256_set1_epi8(0x10);
+                for (j, q) in q.iter_mut().enumerate() {
+                    *q = _mm256_or_si256(*q, move_bit(bits, j, 4, fifth));
+                }
+            }
+            let min = if TY == Q4_1 { f16x8(array(&grp[16..])) } else { zero };
+            legacy_group::<TY, 8>(q, f16x8(array(grp)), min)
         }
     }
-    legacy_group::<TY, 8>(v, &d, &m)
 }
 
-/// Narrow group `g` of a weight row: the legacy tail of up to 4 blocks, or half a Q6_K
+/// A narrow group of a repacked row: the legacy tail of up to 4 blocks, or half a Q6_K
 /// super-block. `ROWS` and `VNNI` as in [`decode_wide`].
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn decode_narrow<const TY: u8, const BB: usize, const ROWS: usize, const VNNI: bool>(
-    row: &[u8],
-    layout: &Layout,
-    g: usize,
-) -> Group<4> {
-    if TY == Q6K {
-        return q6k_group(array(&row[g / 2 * 210..]), g % 2);
-    }
-    // Block `m` of the tail fills lanes `m` and `m + 4`; missing blocks are zeros. (The
-    // copy is avoided when it can be: 32-byte loads from several smaller stores stall.)
-    let mut padded = [[0u8; BB]; 4];
-    let (present, _) = row[layout.wide * 8 * BB..].as_chunks::<BB>();
-    let blocks = if present.len() == 4 {
-        present
-    } else {
-        padded[..present.len()].copy_from_slice(present);
-        &padded[..]
-    };
-    let (mut v, mut d, mut m) = ([_mm256_setzero_si256(); 4], [0u16; 8], [0u16; 8]);
-    for (i, blk) in blocks[..4].iter().enumerate() {
-        d[i] = u16::from_le_bytes([blk[0], blk[1]]);
-        d[i + 4] = d[i];
-        if TY == Q4_1 {
-            m[i] = u16::from_le_bytes([blk[2], blk[3]]);
-            m[i + 4] = m[i];
+fn decode_narrow<const TY: u8, const NB: usize, const ROWS: usize, const VNNI: bool>(grp: &[u8; NB]) -> Group<4> {
+    let zero = _mm256_setzero_ps();
+    match TY {
+        Q6K => {
+            let d = f16_at(grp, 0);
+            let mut q = nibble_vectors::<4>(&grp[10..]);
+            let high = load_u8(array(&grp[74..]));
+            let mask = _mm256_set1_epi8(0x30);
+            for (j, q) in q.iter_mut().enumerate() {
+                *q = _mm256_or_si256(*q, move_bit(high, 2 * j, 4, mask));
+            }
+            Group {
+                q,
+                sign: q,
+                scale: _mm256_mul_ps(_mm256_set1_ps(d), i8x8(array(&grp[2..]))),
+                min: zero,
+            }
         }
-        v[i] = legacy_values::<TY, BB>(blk);
+        Q8_0 | Q8_0_SIGNED => {
+            let mut q = [_mm256_setzero_si256(); 4];
+            for (v, q) in q.iter_mut().enumerate() {
+                *q = load_u8(array(&grp[8 + 32 * v..]));
+            }
+            legacy_group::<TY, 4>(q, f16x4_twice(array(grp)), zero)
+        }
+        _ => {
+            let header = if TY == Q4_1 { 16 } else { 8 };
+            let mut q = nibble_vectors::<4>(&grp[header..]);
+            if TY == Q5_0 {
+                // Bytes 16.. of each vector have their bits in the high nibble.
+                let half = load_half(array(&grp[header + 64..]));
+                let bits = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(half), _mm_srli_epi16::<4>(half));
+                let fifth = _mm256_set1_epi8(0x10);
+                for (j, q) in q.iter_mut().enumerate() {
+                    *q = _mm256_or_si256(*q, move_bit(bits, j, 4, fifth));
+                }
+            }
+            let min = if TY == Q4_1 {
+                f16x4_twice(array(&grp[8..]))
+            } else {
+                zero
+            };
+            legacy_group::<TY, 4>(q, f16x4_twice(array(grp)), min)
+        }
     }
-    legacy_group::<TY, 4>(interleave_narrow(v), &d, &m)
-}
-
-/// A Q4_K super-block: 8 sub-blocks of 32 values, each with a 6-bit scale and minimum.
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-fn q4k_group(blk: &[u8; 144]) -> Group<8> {
-    let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
-    // ggml's unpacking of the 12 bytes of 6-bit scales and minimums, 4 at a time (the
-    // per-sub-block `get_scale_min_k4` in 32-bit words): scales end in `u[0..2]`, minimums
-    // in `u[2..4]`.
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-    let w = |i: usize| u32::from_le_bytes(*array(&blk[4 + 4 * i..]));
-    let (w0, w1, w2) = (w(0), w(1), w(2));
-    let u = [
-        w0 & KMASK1,
-        (w2 & KMASK2) | (((w0 >> 6) & KMASK3) << 4),
-        w1 & KMASK1,
-        ((w2 >> 4) & KMASK2) | (((w1 >> 6) & KMASK3) << 4),
-    ];
-    let sc = ((u[1] as u64) << 32 | u[0] as u64).to_le_bytes();
-    let mn = ((u[3] as u64) << 32 | u[2] as u64).to_le_bytes();
-    let widen = |v: [u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set1_epi64x(i64::from_le_bytes(v))));
-    let mask = _mm256_set1_epi8(0xF);
-    // Each 32 bytes of nibbles hold two sub-blocks: low nibbles, then high nibbles.
-    let mut v = [_mm256_setzero_si256(); 8];
-    for j in 0..4 {
-        let q = load_u8(array(&blk[16 + 32 * j..]));
-        v[2 * j] = _mm256_and_si256(q, mask);
-        v[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
-    }
-    let q = interleave_wide(v);
-    Group {
-        q,
-        sign: q,
-        scale: _mm256_mul_ps(_mm256_set1_ps(d), widen(sc)),
-        min: _mm256_mul_ps(_mm256_set1_ps(-dmin), widen(mn)),
-    }
-}
-
-/// Half `half` of a Q6_K super-block: 8 sub-blocks of 16 values with i8 scales; the values
-/// are 4 low bits from `ql` and 2 high bits from `qh`.
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-fn q6k_group(blk: &[u8; 210], half: usize) -> Group<4> {
-    let d = f16_at(blk, 208);
-    // Lane `i` holds sub-block `narrow_run(i)` of this half.
-    let scales = _mm_set1_epi64x(i64::from_le_bytes(*array(&blk[192 + 8 * half..])));
-    let scales = _mm_shuffle_epi8(scales, _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 0, 0, 0, 0, 0, 0, 0, 0));
-    let scales = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(scales));
-    let m4 = _mm256_set1_epi8(0xF);
-    let q1 = load_u8(array(&blk[64 * half..]));
-    let q2 = load_u8(array(&blk[64 * half + 32..]));
-    let qh = load_u8(array(&blk[128 + 32 * half..]));
-    let v = [
-        _mm256_or_si256(_mm256_and_si256(q1, m4), high_bits(_mm256_slli_epi16::<4>(qh))),
-        _mm256_or_si256(_mm256_and_si256(q2, m4), high_bits(_mm256_slli_epi16::<2>(qh))),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q1), m4), high_bits(qh)),
-        _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16::<4>(q2), m4),
-            high_bits(_mm256_srli_epi16::<2>(qh)),
-        ),
-    ];
-    let q = interleave_narrow(v);
-    Group {
-        q,
-        sign: q,
-        scale: _mm256_mul_ps(_mm256_set1_ps(d), scales),
-        min: _mm256_setzero_ps(),
-    }
-}
-
-/// Q6_K's high bits: `qh` holds 2 bits per value, 4 values per byte; the caller shifts the
-/// wanted pair to bits 4 and 5 of each byte (16-bit shifts: what crosses into a neighbour
-/// byte is masked off here).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn high_bits(shifted: __m256i) -> __m256i {
-    _mm256_and_si256(shifted, _mm256_set1_epi8(0x30))
 }

@@ -515,6 +515,25 @@ impl GgufFile {
         Ok(tensor)
     }
 
+    /// A 2-D tensor `[n, k]` in a block format `tessera_kernels` multiplies, repacked for
+    /// it from the mapped file (`None` for other formats). As with [`GgufFile::qtensor`],
+    /// the mapped pages are released right after.
+    pub fn quantized_weight(&self, name: &str) -> Result<Option<tessera_kernels::QuantizedWeight>> {
+        let info = self.info_or_err(name)?;
+        let (Some(ty), &[n, k]) = (crate::weights::kernel_type(info.dtype), info.dims.as_slice()) else {
+            return Ok(None);
+        };
+        let bytes = &self.map[info.offset..info.offset + info.size];
+        let weight = tessera_kernels::QuantizedWeight::from_ggml(ty, bytes, n, k)
+            .map_err(|e| Error::format(&self.path, format!("tensor {name}: {e}")))?;
+        // SAFETY: as in `qtensor`.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.offset, info.size)
+        };
+        Ok(Some(weight))
+    }
+
     /// A tensor dequantized to f32 on `device`.
     pub fn dequantized(&self, name: &str, device: &Device) -> Result<Tensor> {
         Ok(self.qtensor(name, device)?.dequantize(device)?)

@@ -275,7 +275,7 @@ impl Llama {
         }
         let norm = Norm::Rms(RmsNorm::new(store.tensor(norm_name, &[h], device)?, cfg.rms_norm_eps));
         let lm_head = if store.contains(head_name) {
-            Linear::from_qmatmul(store.matrix(head_name, cfg.vocab_size, h, device)?, None)
+            Linear::load_matrix(store, head_name, cfg.vocab_size, h, device)?
         } else {
             embed.as_linear()?
         };

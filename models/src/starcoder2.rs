@@ -176,7 +176,7 @@ impl StarCoder2 {
         let final_norm = norm(if gguf { "output_norm" } else { "model.norm" })?;
         let head_name = if gguf { "output.weight" } else { "lm_head.weight" };
         let lm_head = if store.contains(head_name) {
-            Linear::from_qmatmul(store.matrix(head_name, cfg.vocab_size, h, device)?, None)
+            Linear::load_matrix(store, head_name, cfg.vocab_size, h, device)?
         } else {
             embed.as_linear()?
         };

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use tessera_kernels::QuantType;
 use tessera_kernels::dense::{Epilogue, WeightLayout};
 use tessera_kernels::packed::PackedWeight;
+use tessera_kernels::{QuantType, QuantizedWeight};
 
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
@@ -142,7 +142,22 @@ impl WeightStore {
         }
     }
 
-    /// A weight matrix `[out, in]` for a [`Linear`], kept quantized when stored so.
+    /// A weight matrix `[out, in]` for a [`Linear`], kept quantized when stored so: on the
+    /// CPU, in a block format our kernels multiply, repacked for them straight from the file.
+    fn weight(&self, name: &str, out: usize, inp: usize, device: &Device) -> Result<Weight> {
+        if let WeightStore::Gguf(g) = self
+            && device.is_cpu()
+        {
+            let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
+            self.check_shape(name, &info.dims, &[out, inp])?;
+            if let Some(w) = g.quantized_weight(name)? {
+                return Ok(Weight::Quantized(Arc::new(w)));
+            }
+        }
+        Ok(Weight::new(self.matrix(name, out, inp, device)?))
+    }
+
+    /// A weight matrix `[out, in]` as candle's `QMatMul`, kept quantized when stored so.
     pub fn matrix(&self, name: &str, out: usize, inp: usize, device: &Device) -> Result<QMatMul> {
         match self {
             WeightStore::Gguf(g) => {
@@ -160,6 +175,9 @@ impl WeightStore {
             WeightStore::Gguf(g) if device.is_cpu() => {
                 let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
                 self.check_shape(name, &info.dims, &[vocab, dim])?;
+                if let Some(table) = g.quantized_weight(name)? {
+                    return Ok(Embedding::Repacked(Arc::new(table)));
+                }
                 Ok(Embedding::Quantized {
                     table: Arc::new(g.qtensor(name, device)?),
                     vocab,
@@ -172,7 +190,7 @@ impl WeightStore {
 }
 
 /// Our CPU kernel's name for a ggml block type, where it has one.
-fn kernel_type(dtype: GgmlDType) -> Option<QuantType> {
+pub(crate) fn kernel_type(dtype: GgmlDType) -> Option<QuantType> {
     Some(match dtype {
         GgmlDType::Q4_0 => QuantType::Q4_0,
         GgmlDType::Q4_1 => QuantType::Q4_1,
@@ -197,6 +215,15 @@ fn multi_row_matmul(q: &QTensor, x: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(y, (rows, n), x.device())?)
 }
 
+/// `x W^T` through `tessera-kernels` with weights repacked at load time.
+fn repacked_matmul(w: &QuantizedWeight, x: &Tensor) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; rows * w.n()];
+    w.matmul(&xs, rows, &mut y)?;
+    Ok(Tensor::from_vec(y, (rows, w.n()), x.device())?)
+}
+
 /// Row counts above which a quantized matrix is dequantized for one dense GEMM.
 const DEQUANTIZE_ABOVE_ROWS: usize = 16;
 
@@ -214,10 +241,22 @@ enum Weight {
     /// product is faster than the `gemm` crate's at every row count Tessera runs (it
     /// repacks the whole matrix on every call; see `tessera-kernels`' `bench_dense`).
     Packed(Arc<PackedWeight>),
+    /// A ggml block format on the CPU, repacked once for `tessera_kernels`' quantized
+    /// product (whose decoding of the file's layout was half its time with several rows).
+    Quantized(Arc<QuantizedWeight>),
 }
 
 impl Weight {
     fn new(weight: QMatMul) -> Self {
+        if let QMatMul::QTensor(q) = &weight
+            && q.device().is_cpu()
+            && let Some(ty) = kernel_type(q.dtype())
+            && let Ok((n, k)) = q.shape().dims2()
+            && let Ok(data) = q.data()
+            && let Ok(w) = QuantizedWeight::from_ggml(ty, &data, n, k)
+        {
+            return Weight::Quantized(Arc::new(w));
+        }
         if let QMatMul::Tensor(w) = &weight
             && tessera_kernels::packed::is_accelerated()
             && let Ok((n, k)) = w.dims2()
@@ -231,13 +270,21 @@ impl Weight {
 
 impl Linear {
     pub fn load(store: &WeightStore, name: &str, out: usize, inp: usize, bias: bool, device: &Device) -> Result<Self> {
-        let weight = store.matrix(&format!("{name}.weight"), out, inp, device)?;
+        let weight = store.weight(&format!("{name}.weight"), out, inp, device)?;
         let bias = if bias {
             Some(store.tensor(&format!("{name}.bias"), &[out], device)?)
         } else {
             None
         };
-        Ok(Self::from_qmatmul(weight, bias))
+        Ok(Linear { weight, bias })
+    }
+
+    /// The weight tensor `name` (full name) with no bias.
+    pub fn load_matrix(store: &WeightStore, name: &str, out: usize, inp: usize, device: &Device) -> Result<Self> {
+        Ok(Linear {
+            weight: store.weight(name, out, inp, device)?,
+            bias: None,
+        })
     }
 
     pub fn from_qmatmul(weight: QMatMul, bias: Option<Tensor>) -> Self {
@@ -289,6 +336,10 @@ impl Linear {
                     WeightLayout::OutIn,
                 )?))
             }
+            (Weight::Quantized(a), Weight::Quantized(b)) => match a.stack(b) {
+                Some(w) => Weight::Quantized(Arc::new(w)),
+                None => return Ok(None),
+            },
             (Weight::Matrix(QMatMul::Tensor(a)), Weight::Matrix(QMatMul::Tensor(b))) => {
                 Weight::Matrix(QMatMul::Tensor(Tensor::cat(&[a, b], 0)?))
             }
@@ -342,6 +393,14 @@ impl Linear {
     pub fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let weight = match &self.weight {
             Weight::Packed(p) => return packed_cpu(x, p, self.bias.as_ref(), epilogue),
+            Weight::Quantized(q) => {
+                let y = repacked_matmul(q, x)?;
+                let y = match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                return crate::layers::apply_epilogue(&y, epilogue);
+            }
             Weight::Matrix(w) => w,
         };
         if let QMatMul::Tensor(w) = weight
@@ -425,6 +484,9 @@ impl Projections {
 #[derive(Debug, Clone)]
 pub enum Embedding {
     Dense(Tensor),
+    /// On the CPU in a block format our kernels multiply: shared with a tied output
+    /// projection.
+    Repacked(Arc<QuantizedWeight>),
     Quantized {
         table: Arc<QTensor>,
         vocab: usize,
@@ -436,6 +498,7 @@ impl Embedding {
     pub fn vocab_size(&self) -> usize {
         match self {
             Embedding::Dense(t) => t.dim(0).unwrap_or(0),
+            Embedding::Repacked(table) => table.n(),
             Embedding::Quantized { vocab, .. } => *vocab,
         }
     }
@@ -452,6 +515,11 @@ impl Embedding {
             Embedding::Dense(t) => {
                 let idx = Tensor::new(ids, device)?;
                 Ok(t.index_select(&idx, 0)?)
+            }
+            Embedding::Repacked(table) => {
+                let ids: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
+                let values = table.dequantize_rows(&ids)?;
+                Ok(Tensor::from_vec(values, (ids.len(), table.k()), &Device::Cpu)?.to_device(device)?)
             }
             Embedding::Quantized { table, dim, .. } => {
                 let dtype = table.dtype();
@@ -476,6 +544,10 @@ impl Embedding {
     pub fn as_linear(&self) -> Result<Linear> {
         Ok(match self {
             Embedding::Dense(t) => Linear::from_qmatmul(QMatMul::Tensor(t.clone()), None),
+            Embedding::Repacked(table) => Linear {
+                weight: Weight::Quantized(table.clone()),
+                bias: None,
+            },
             Embedding::Quantized { table, .. } => Linear::from_qmatmul(QMatMul::from_arc(table.clone())?, None),
         })
     }

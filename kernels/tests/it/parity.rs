@@ -73,3 +73,34 @@ fn zero_rows_and_spikes_match_candle() {
         assert!(err < 1e-5, "{ty:?}: {err}");
     }
 }
+
+#[test]
+fn repacked_rows_dequantize_as_candle_does() {
+    // Embedding lookups read the repacked table: the values must be ggml's, bit for bit.
+    for ty in QuantType::ALL {
+        for k in [256, 896, 1024] {
+            if k % ty.block_size() != 0 {
+                continue;
+            }
+            let n = 7;
+            let w = Weight::random(ty, n, k, 5);
+            let want: Vec<f32> = w
+                .qtensor
+                .dequantize(&candle_core::Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let repacked = tessera_kernels::QuantizedWeight::from_ggml(ty, &w.bytes, n, k).unwrap();
+            let ids = [6, 0, 3, 3];
+            let got = repacked.dequantize_rows(&ids).unwrap();
+            for (i, &id) in ids.iter().enumerate() {
+                let (got, want) = (&got[i * k..][..k], &want[id * k..][..k]);
+                let same = got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{ty:?} k={k} row {id}");
+            }
+            assert!(repacked.dequantize_rows(&[n]).is_err(), "{ty:?}: row past the end");
+        }
+    }
+}
