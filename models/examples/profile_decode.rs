@@ -1,4 +1,5 @@
-//! Runs one kind of decode for a while, for `perf record`: `profile_decode greedy|beam4 [ROUNDS]`.
+//! Runs one kind of decode for a while, for `perf record`:
+//! `profile_decode greedy|beam3|beam4 [ROUNDS] [PROMPT_TOKENS]`.
 //! Prints each round's mean step time.
 
 use candle_core::Device;
@@ -10,13 +11,14 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "greedy".into());
     let rounds: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let prompt_tokens: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(512);
     let t = std::time::Instant::now();
     let model = TextModel::load("qwen2.5-coder-0.5b", &Device::Cpu).expect("model loads");
     eprintln!("load: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
     let engine = &model.engine;
     let code = include_str!("../src/generate.rs");
     let mut prompt = model.tokenizer.encode(code, false).unwrap();
-    prompt.truncate(512);
+    prompt.truncate(prompt_tokens);
     let beams = match mode.as_str() {
         "greedy" => None,
         "beam4" => Some(BeamParams {
