@@ -13,7 +13,10 @@
 //! together, so each key and value row is loaded once per group rather than once per head.
 //!
 //! Work is split over (sequence, token, key/value head) units; units run in parallel on
-//! rayon's pool when there are enough of them to pay for waking it.
+//! rayon's pool when there are enough of them to pay for waking it. Beams of one search
+//! share their prompt's blocks: when every sequence has one new token and they start with
+//! the same blocks, the units of a key/value head run together and read each shared block
+//! once (`run_joint`), with results identical to attending each beam alone.
 
 use rayon::prelude::*;
 
@@ -60,11 +63,22 @@ const PARALLEL_WORK: usize = 1 << 20;
 /// `softmax(q·kᵀ · scale) · V` for each new token of each sequence, with causal masking
 /// among the new tokens.
 pub fn attend(heads: Heads, scale: f32, sequences: &mut [SequenceAttention<'_>]) -> Result<()> {
-    attend_with(heads, scale, sequences, has_avx512())
+    attend_with(heads, scale, sequences, has_avx512(), true)
 }
 
-/// [`attend`], with the AVX-512 path allowed or not (tests run both).
-fn attend_with(heads: Heads, scale: f32, sequences: &mut [SequenceAttention<'_>], avx512: bool) -> Result<()> {
+/// Positions that sequences must share (the same blocks, at the start of every one) for
+/// them to be attended together.
+const MIN_SHARED_POSITIONS: usize = 64;
+
+/// [`attend`], with the AVX-512 path allowed or not and shared blocks read once or once
+/// per sequence (tests run every combination).
+fn attend_with(
+    heads: Heads,
+    scale: f32,
+    sequences: &mut [SequenceAttention<'_>],
+    avx512: bool,
+    share: bool,
+) -> Result<()> {
     let Heads { query, key_value, dim } = heads;
     if key_value == 0 || dim == 0 || !query.is_multiple_of(key_value) {
         return Err(Error::AttentionShape(format!(
@@ -73,6 +87,7 @@ fn attend_with(heads: Heads, scale: f32, sequences: &mut [SequenceAttention<'_>]
     }
     let group = query / key_value;
     let token_width = query * dim;
+    let shared = if share { shared_spans(sequences, token_width) } else { 0 };
     let mut units = Vec::new();
     let mut work = 0usize;
     for (s, seq) in sequences.iter_mut().enumerate() {
@@ -121,12 +136,54 @@ fn attend_with(heads: Heads, scale: f32, sequences: &mut [SequenceAttention<'_>]
         }
     }
     let shape = UnitShape { group, dim, scale };
+    if shared > 0 {
+        // Beams: one new token each, and the same prompt blocks at the start of every
+        // sequence. Units of one key/value head go together, so that each shared block
+        // is read from memory once, not once per beam. (Units are in sequence order,
+        // `key_value` per sequence.)
+        let mut joint: Vec<Vec<Unit<'_, '_>>> = (0..key_value).map(|_| Vec::new()).collect();
+        for u in units {
+            joint[u.kv_head].push(u);
+        }
+        if work >= PARALLEL_WORK && joint.len() > 1 {
+            joint.par_iter_mut().for_each(|j| run_joint(j, shared, shape, avx512));
+        } else {
+            joint.iter_mut().for_each(|j| run_joint(j, shared, shape, avx512));
+        }
+        return Ok(());
+    }
     if work >= PARALLEL_WORK && units.len() > 1 {
         units.par_iter_mut().for_each(|u| run_unit(u, shape, avx512));
     } else {
         units.iter_mut().for_each(|u| run_unit(u, shape, avx512));
     }
     Ok(())
+}
+
+/// How many leading spans every sequence shares (the same memory), when there are several
+/// sequences of one new token each and the shared spans cover enough positions to be
+/// worth attending together; 0 otherwise.
+fn shared_spans(sequences: &[SequenceAttention<'_>], token_width: usize) -> usize {
+    let Some((first, rest)) = sequences.split_first() else {
+        return 0;
+    };
+    if rest.is_empty() || sequences.iter().any(|s| s.queries.len() != token_width) {
+        return 0;
+    }
+    let same = |a: &KvSpan<'_>, b: &KvSpan<'_>| {
+        a.len == b.len && std::ptr::eq(a.keys, b.keys) && std::ptr::eq(a.values, b.values)
+    };
+    let mut shared = 0;
+    // The last span holds the new token's own key, which differs per sequence.
+    while shared + 1 < first.spans.len()
+        && rest
+            .iter()
+            .all(|s| shared + 1 < s.spans.len() && same(&first.spans[shared], &s.spans[shared]))
+    {
+        shared += 1;
+    }
+    let positions: usize = first.spans[..shared].iter().map(|s| s.len).sum();
+    if positions >= MIN_SHARED_POSITIONS { shared } else { 0 }
 }
 
 struct Unit<'s, 'a> {
@@ -250,6 +307,131 @@ fn run_unit_any_with<const FMA: bool>(u: &mut Unit<'_, '_>, shape: UnitShape, sc
         for (j, value) in values.chunks_exact(dim).enumerate() {
             for (h, out) in u.out.chunks_exact_mut(dim).enumerate() {
                 axpy::<FMA>(out, scores[h * visible + pos + j], value);
+            }
+        }
+    }
+}
+
+/// Runs units of one key/value head whose sequences all start with the same `shared`
+/// spans and have one new token each: every shared key and value row is loaded once for
+/// all of them. Each unit's scores and sums are computed in the same order as by
+/// [`run_unit`], so the results are identical.
+fn run_joint(units: &mut [Unit<'_, '_>], shared: usize, shape: UnitShape, avx512: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512 {
+        // SAFETY: the CPU has AVX-512F and FMA (checked by `has_avx512`).
+        unsafe { run_joint_avx512(units, shared, shape) };
+        return;
+    }
+    let _ = avx512;
+    run_joint_generic::<false>(units, shared, shape);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_joint_avx512(units: &mut [Unit<'_, '_>], shared: usize, shape: UnitShape) {
+    run_joint_generic::<true>(units, shared, shape);
+}
+
+#[inline(always)]
+fn run_joint_generic<const FMA: bool>(units: &mut [Unit<'_, '_>], shared: usize, shape: UnitShape) {
+    match shape.dim {
+        64 => SCORES.with_borrow_mut(|s| run_joint_sized::<FMA, 64>(units, shared, shape, s)),
+        128 => SCORES.with_borrow_mut(|s| run_joint_sized::<FMA, 128>(units, shared, shape, s)),
+        _ => units.iter_mut().for_each(|u| run_unit_any::<FMA>(u, shape)),
+    }
+}
+
+#[inline(always)]
+fn run_joint_sized<const FMA: bool, const D: usize>(
+    units: &mut [Unit<'_, '_>],
+    shared: usize,
+    shape: UnitShape,
+    scores: &mut Vec<f32>,
+) {
+    let UnitShape { group, scale, .. } = shape;
+    let Some(first) = units.first() else {
+        return;
+    };
+    let (kv_head, shared_spans) = (first.kv_head, &first.spans[..shared]);
+    let shared_len: usize = shared_spans.iter().map(|s| s.len).sum();
+    // Unit `m`'s score rows start at `m * stride`.
+    let stride = group * units.iter().map(|u| u.visible).max().unwrap_or(0);
+    scores.clear();
+    scores.resize(units.len() * stride, 0.0);
+    let dot = |q: &[f32; D], key: &[f32]| {
+        #[cfg(target_arch = "x86_64")]
+        if FMA {
+            // SAFETY: `FMA` code runs only inside `run_joint_avx512`, on CPUs with
+            // AVX-512F; both rows hold D values.
+            return unsafe { dot_avx512::<D>(q, key) } * scale;
+        }
+        dot_sized::<FMA, D>(q, key.try_into().expect("rows of D")) * scale
+    };
+
+    // Scores against the shared keys, block by block: a block stays in cache while every
+    // unit's queries go over it.
+    let mut pos = 0;
+    for span in shared_spans {
+        let keys = &span.keys[kv_head * span.len * D..][..span.len * D];
+        for (m, u) in units.iter().enumerate() {
+            for (h, q) in u.queries.chunks_exact(D).enumerate() {
+                let q: &[f32; D] = q.try_into().expect("rows of D");
+                let row = &mut scores[m * stride + h * u.visible + pos..][..span.len];
+                for (s, key) in row.iter_mut().zip(keys.chunks_exact(D)) {
+                    *s = dot(q, key);
+                }
+            }
+        }
+        pos += span.len;
+    }
+    // Each unit's own keys, then its softmax.
+    for (m, u) in units.iter().enumerate() {
+        let own = &u.spans[shared..];
+        for (h, q) in u.queries.chunks_exact(D).enumerate() {
+            let q: &[f32; D] = q.try_into().expect("rows of D");
+            let row = &mut scores[m * stride + h * u.visible..][..u.visible];
+            for (at, keys) in visible_rows(own, kv_head, D, u.visible - shared_len, Part::Keys) {
+                for (s, key) in row[shared_len + at..].iter_mut().zip(keys.chunks_exact(D)) {
+                    *s = dot(q, key);
+                }
+            }
+            softmax_row(row);
+        }
+    }
+    // Values: the running sums live in the outputs between blocks.
+    let accumulate = |out: &mut [f32], probs: &[f32], values: &[f32]| {
+        let out: &mut [f32; D] = out.try_into().expect("rows of D");
+        let mut acc = *out;
+        for (&p, value) in probs.iter().zip(values.chunks_exact(D)) {
+            let value: &[f32; D] = value.try_into().expect("rows of D");
+            for d in 0..D {
+                acc[d] = madd::<FMA>(p, value[d], acc[d]);
+            }
+        }
+        *out = acc;
+    };
+    for u in units.iter_mut() {
+        u.out.fill(0.0);
+    }
+    let mut pos = 0;
+    for span in shared_spans {
+        let values = &span.values[kv_head * span.len * D..][..span.len * D];
+        for (m, u) in units.iter_mut().enumerate() {
+            for (h, out) in u.out.chunks_exact_mut(D).enumerate() {
+                let probs = &scores[m * stride + h * u.visible + pos..][..span.len];
+                accumulate(out, probs, values);
+            }
+        }
+        pos += span.len;
+    }
+    for (m, u) in units.iter_mut().enumerate() {
+        let own = &u.spans[shared..];
+        for (at, values) in visible_rows(own, kv_head, D, u.visible - shared_len, Part::Values) {
+            for (h, out) in u.out.chunks_exact_mut(D).enumerate() {
+                let rows = values.len() / D;
+                let probs = &scores[m * stride + h * u.visible + shared_len + at..][..rows];
+                accumulate(out, probs, values);
             }
         }
     }
@@ -474,6 +656,7 @@ mod tests {
                 out: &mut out,
             }],
             avx512,
+            true,
         )
         .unwrap();
         let want = reference(heads, scale as f64, &q, &k, &v, total);
@@ -509,6 +692,111 @@ mod tests {
         check(wide, &[64, 7], 2, 6);
         // Large enough to run on the pool.
         check(gqa, &[64; 20], 16, 5);
+    }
+
+    #[test]
+    fn beams_sharing_prompt_blocks_are_attended_together_with_identical_results() {
+        // Four beams: the same three prompt blocks (the same memory), then blocks of
+        // their own; one new token each. Reading the shared blocks once for all beams
+        // must give bit for bit what attending each beam alone gives, and the definition.
+        for (heads, avx512) in [
+            (
+                Heads {
+                    query: 14,
+                    key_value: 2,
+                    dim: 64,
+                },
+                true,
+            ),
+            (
+                Heads {
+                    query: 14,
+                    key_value: 2,
+                    dim: 64,
+                },
+                false,
+            ),
+            (
+                Heads {
+                    query: 4,
+                    key_value: 1,
+                    dim: 128,
+                },
+                true,
+            ),
+            (
+                Heads {
+                    query: 6,
+                    key_value: 2,
+                    dim: 24,
+                },
+                false,
+            ),
+        ] {
+            if avx512 && !has_avx512() {
+                continue;
+            }
+            let mut rng = StdRng::seed_from_u64(heads.dim as u64);
+            let mut rand = |len: usize| (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<f32>>();
+            let block = |rand: &mut dyn FnMut(usize) -> Vec<f32>, len: usize| {
+                let n = heads.key_value * len * heads.dim;
+                (rand(n), rand(n), len)
+            };
+            let prompt: Vec<_> = [64, 64, 40].iter().map(|&len| block(&mut rand, len)).collect();
+            let own: Vec<Vec<_>> = (0..4)
+                .map(|b| (0..=b % 2).map(|i| block(&mut rand, 3 + 5 * i)).collect())
+                .collect();
+            let queries: Vec<Vec<f32>> = (0..4).map(|_| rand(heads.query * heads.dim)).collect();
+            let scale = 1.0 / (heads.dim as f32).sqrt();
+            let run = |share: bool| {
+                let mut outs: Vec<Vec<f32>> = queries.iter().map(|q| vec![f32::NAN; q.len()]).collect();
+                let mut seqs: Vec<SequenceAttention<'_>> = outs
+                    .iter_mut()
+                    .zip(&queries)
+                    .zip(&own)
+                    .map(|((out, q), own)| SequenceAttention {
+                        queries: q,
+                        spans: prompt
+                            .iter()
+                            .chain(own)
+                            .map(|(k, v, len)| KvSpan {
+                                keys: k,
+                                values: v,
+                                len: *len,
+                            })
+                            .collect(),
+                        out,
+                    })
+                    .collect();
+                if share {
+                    assert_eq!(shared_spans(&seqs, heads.query * heads.dim), 3);
+                }
+                attend_with(heads, scale, &mut seqs, avx512, share).unwrap();
+                outs
+            };
+            let (together, apart) = (run(true), run(false));
+            for (b, (t, a)) in together.iter().zip(&apart).enumerate() {
+                let same = t.iter().zip(a).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{heads:?} avx512={avx512} beam {b}");
+                // Against the definition, over the beam's blocks concatenated per head.
+                let blocks: Vec<_> = prompt.iter().chain(&own[b]).collect();
+                let total: usize = blocks.iter().map(|(_, _, len)| len).sum();
+                let concat = |part: usize| {
+                    let mut m = Vec::new();
+                    for h in 0..heads.key_value {
+                        for (k, v, len) in &blocks {
+                            let src = if part == 0 { k } else { v };
+                            m.extend_from_slice(&src[h * len * heads.dim..][..len * heads.dim]);
+                        }
+                    }
+                    m
+                };
+                let want = reference(heads, scale as f64, &queries[b], &concat(0), &concat(1), total);
+                for (&got, &want) in t.iter().zip(&want) {
+                    assert!((got as f64 - want).abs() < 2e-5, "{heads:?} beam {b}: {got} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]
