@@ -143,12 +143,12 @@ impl Activations {
 /// scale as stored (f16, widened) and the Q8_1 `s`.
 #[inline(always)]
 fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> (f32, f32) {
-    let amax = x.iter().fold(0f32, |m, &x| m.max(x.abs()));
+    let amax = abs_max(x);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut sum = 0i32;
     for (q, &x) in q.iter_mut().zip(x) {
-        *q = (x * id).round() as i8;
+        *q = saturate_i8(round_half_away(x * id));
         sum += *q as i32;
     }
     let dh = f16::from_f32(d);
@@ -158,20 +158,100 @@ fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> (f32, f32) {
 /// candle's `BlockQ8K::from_float`: the value of largest magnitude maps to -128.
 #[inline(always)]
 fn quantize_q8k(x: &[f32], q: &mut [i8]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &x in x {
-        if amax < x.abs() {
-            amax = x.abs();
-            max = x;
-        }
-    }
+    let amax = abs_max(x);
     if amax == 0.0 {
         q.fill(0);
         return 0.0;
     }
+    // The first value of that magnitude, as candle's running comparison keeps.
+    let max = x.iter().copied().find(|x| x.abs() == amax).unwrap_or(amax);
     let iscale = -128.0 / max;
     for (q, &x) in q.iter_mut().zip(x) {
-        *q = (iscale * x).round().min(127.0) as i8;
+        *q = saturate_i8(round_half_away(iscale * x).min(127.0));
     }
     1.0 / iscale
+}
+
+/// The largest magnitude in `x` (NaNs ignored, as `f32::max` does), computed lane-wise so
+/// that it vectorises: one running maximum is a chain of dependent instructions.
+#[inline(always)]
+fn abs_max(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let mut amax = 0f32;
+    for &x in chunks.remainder() {
+        if x.abs() > amax {
+            amax = x.abs();
+        }
+    }
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            if x.abs() > *l {
+                *l = x.abs();
+            }
+        }
+    }
+    lanes.iter().fold(amax, |m, &l| if l > m { l } else { m })
+}
+
+/// `f32::round` (halves away from zero) in operations that vectorise; `round` itself is a
+/// scalar libm-style sequence per value here.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let t = x.trunc();
+    // Exact: `x` and `t` share their exponent or `t` is 0.
+    if (x - t).abs() >= 0.5 { t + 1f32.copysign(x) } else { t }
+}
+
+/// `x as i8` (saturating, NaN to 0) in operations that vectorise: the cast itself
+/// compiles to a scalar conversion, clamps and an insert per value.
+#[inline(always)]
+fn saturate_i8(x: f32) -> i8 {
+    let x = if x.is_nan() { 0.0 } else { x.clamp(-128.0, 127.0) };
+    // SAFETY: `x` is finite and within i32's range.
+    unsafe { x.to_int_unchecked::<i32>() as i8 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_and_maxima_match_the_standard_library() {
+        let mut values: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.25).collect();
+        values.extend([
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            8388607.5,
+            1e30,
+            -0.0,
+            f32::NAN,
+        ]);
+        for &x in &values {
+            let (want, got) = (x.round(), round_half_away(x));
+            assert!(
+                want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                "{x}: {got} vs {want}"
+            );
+        }
+        for &x in values
+            .iter()
+            .chain(&[300.7, -1e9, f32::INFINITY, f32::NEG_INFINITY, 127.4, -128.6])
+        {
+            assert_eq!(saturate_i8(x), x as i8, "{x}");
+        }
+        for len in [1, 15, 16, 17, 32, 256] {
+            let x: Vec<f32> = (0..len).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3).collect();
+            let want = x.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            assert_eq!(abs_max(&x), want, "len {len}");
+            let mut with_nan = x.clone();
+            with_nan[len / 2] = f32::NAN;
+            let want = with_nan.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            assert_eq!(abs_max(&with_nan), want, "len {len} with a NaN");
+        }
+    }
 }

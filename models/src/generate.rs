@@ -216,6 +216,29 @@ fn row(logits: &Tensor, i: usize) -> Result<Vec<f32>> {
     Ok(logits.get(i)?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }
 
+/// Per row of `logits` (`[rows, vocab]`): its `count` best tokens and their
+/// log-probabilities. Log-probabilities are the logits shifted by one constant (the row's
+/// log-sum-exp), so the best tokens are picked from the logits without materialising the
+/// vector; rows are read in place and done in parallel.
+fn best_log_probs(logits: &Tensor, rows: usize, count: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+    use rayon::prelude::*;
+    let pick = |raw: &[f32]| -> Vec<(u32, f32)> {
+        let lse = sampling::log_sum_exp(raw);
+        sampling::top_k(raw, count)
+            .into_iter()
+            .map(|(tok, l)| (tok, l - lse))
+            .collect()
+    };
+    let in_place = crate::weights::with_cpu_f32(logits, |all| {
+        let vocab = all.len() / rows.max(1);
+        Ok(all.par_chunks_exact(vocab.max(1)).map(pick).collect::<Vec<_>>())
+    })?;
+    match in_place {
+        Some(best) if best.len() == rows => Ok(best),
+        _ => (0..rows).map(|i| Ok(pick(&row(logits, i)?))).collect(),
+    }
+}
+
 /// Runs one decode step for several sequences in one batch; returns `[n, vocab]` logits.
 fn step(model: &dyn CausalLm, caches: &mut [&mut SeqCache], tokens: &[u32]) -> Result<Tensor> {
     let singles: Vec<[u32; 1]> = tokens.iter().map(|&t| [t]).collect();
@@ -465,9 +488,14 @@ pub fn generate_beam(
         let last_step = step_index + 1 == params.max_new_tokens;
         // Candidates: (total log-prob, beam, token), best 2k over all beams.
         let mut cands: Vec<(f32, usize, u32)> = Vec::with_capacity(beams.len() * 2 * k);
+        let best = if params.repetition_penalty == 1.0 {
+            best_log_probs(&logits, beams.len(), 2 * k)?
+        } else {
+            Vec::new()
+        };
         for (bi, b) in beams.iter().enumerate() {
-            let raw = row(&logits, bi)?;
             if params.repetition_penalty != 1.0 {
+                let raw = row(&logits, bi)?;
                 let mut lp = sampling::log_softmax(&raw);
                 let seen: Vec<u32> = prompt.iter().chain(&b.tokens).copied().collect();
                 sampling::apply_repetition_penalty(&mut lp, &seen, params.repetition_penalty);
@@ -475,11 +503,8 @@ pub fn generate_beam(
                     cands.push((b.sum_logprob + l, bi, tok));
                 }
             } else {
-                // Log-probabilities are the logits shifted by one constant, so the best
-                // tokens can be picked from the logits without materialising the vector.
-                let lse = sampling::log_sum_exp(&raw);
-                for (tok, l) in sampling::top_k(&raw, 2 * k) {
-                    cands.push((b.sum_logprob + (l - lse), bi, tok));
+                for &(tok, l) in &best[bi] {
+                    cands.push((b.sum_logprob + l, bi, tok));
                 }
             }
         }

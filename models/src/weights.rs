@@ -554,7 +554,7 @@ impl Embedding {
 }
 
 /// The values of a CPU f32 tensor, made contiguous.
-fn with_cpu_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<Option<T>> {
+pub(crate) fn with_cpu_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<Option<T>> {
     use candle_core::{CpuStorage, Storage};
     if !t.device().is_cpu() || t.dtype() != DType::F32 {
         return Ok(None);
