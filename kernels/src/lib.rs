@@ -85,6 +85,11 @@ pub enum Error {
     Overflow { rows: usize, n: usize, k: usize },
     #[error("instruction set {0:?} is not available on this cpu")]
     IsaUnavailable(Isa),
+    #[error("matrices multiplied together must share type and k: {first:?} and {other:?}")]
+    MixedWeights {
+        first: (QuantType, usize),
+        other: (QuantType, usize),
+    },
     #[error("row {row} of a matrix with {n} rows")]
     RowOutOfRange { row: usize, n: usize },
     #[error("attention: {0}")]
@@ -233,33 +238,78 @@ impl QuantizedWeight {
 
     /// [`QuantizedWeight::matmul`] on a chosen implementation; errors if this CPU lacks it.
     pub fn matmul_with(&self, isa: Isa, x: &[f32], rows: usize, y: &mut [f32]) -> Result<()> {
-        let (ty, n, k) = (self.ty(), self.n(), self.k());
-        check_activations(n, k, x.len(), rows, y.len())?;
+        Self::matmul_many_with(isa, &[self], x, rows, &mut [y])
+    }
+
+    /// The products of one input with several matrices of the same type and `k` (a
+    /// layer's gate and up projections): the input is quantized once and every product's
+    /// tasks run in one parallel pass. `ys[i]` is `[rows, weights[i].n()]`.
+    pub fn matmul_many(weights: &[&QuantizedWeight], x: &[f32], rows: usize, ys: &mut [&mut [f32]]) -> Result<()> {
+        Self::matmul_many_with(Isa::best(), weights, x, rows, ys)
+    }
+
+    /// [`QuantizedWeight::matmul_many`] on a chosen implementation.
+    pub fn matmul_many_with(
+        isa: Isa,
+        weights: &[&QuantizedWeight],
+        x: &[f32],
+        rows: usize,
+        ys: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let Some(first) = weights.first() else {
+            return Ok(());
+        };
+        let (ty, k) = (first.ty(), first.k());
+        if ys.len() != weights.len() {
+            return Err(Error::OutputSize {
+                rows,
+                n: first.n(),
+                expected: weights.len(),
+                actual: ys.len(),
+            });
+        }
+        for (w, y) in weights.iter().zip(ys.iter()) {
+            if w.ty() != ty || w.k() != k {
+                return Err(Error::MixedWeights {
+                    first: (ty, k),
+                    other: (w.ty(), w.k()),
+                });
+            }
+            check_activations(w.n(), k, x.len(), rows, y.len())?;
+        }
         if !isa.is_available() {
             return Err(Error::IsaUnavailable(isa));
         }
-        if rows == 0 || n == 0 {
+        if rows == 0 {
             return Ok(());
         }
-        let layout = *self.layout();
+        let layout = *first.layout();
         let mode = Mode::new(ty, isa);
         let act = Activations::quantize(ty, &layout, mode.offset, x, rows, k);
-        let row_bytes = self.row_bytes();
 
-        // Tasks own a range of output columns in every row; disjoint `&mut` pieces of `y`
-        // keep that safe without transposing the output afterwards.
-        let chunk = column_chunk(n);
-        let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(rows)).collect();
-        for y_row in y.chunks_mut(n) {
-            for (task, piece) in tasks.iter_mut().zip(y_row.chunks_mut(chunk)) {
-                task.push(piece);
+        // Tasks own a range of output columns of one product in every row; disjoint `&mut`
+        // pieces of the outputs keep that safe without transposing them afterwards.
+        let mut tasks: Vec<(&QuantizedWeight, usize, Vec<&mut [f32]>)> = Vec::new();
+        for (w, y) in weights.iter().zip(ys.iter_mut()) {
+            let n = w.n();
+            if n == 0 {
+                continue;
+            }
+            let chunk = column_chunk(n);
+            let start = tasks.len();
+            for t in 0..n.div_ceil(chunk) {
+                tasks.push((w, t * chunk, Vec::with_capacity(rows)));
+            }
+            for y_row in y.chunks_mut(n) {
+                for (task, piece) in tasks[start..].iter_mut().zip(y_row.chunks_mut(chunk)) {
+                    task.2.push(piece);
+                }
             }
         }
-        let bytes = self.bytes();
-        tasks.into_par_iter().enumerate().for_each(|(t, mut outs)| {
-            let first = t * chunk;
+        tasks.into_par_iter().for_each(|(w, first, mut outs)| {
             let cols = outs[0].len();
-            let weight = &bytes[first * row_bytes..(first + cols) * row_bytes];
+            let row_bytes = w.row_bytes();
+            let weight = &w.bytes()[first * row_bytes..(first + cols) * row_bytes];
             match isa {
                 Isa::Scalar => scalar::run(ty, &layout, weight, row_bytes, &act, &mut outs),
                 #[cfg(target_arch = "x86_64")]

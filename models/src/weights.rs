@@ -382,6 +382,15 @@ impl Linear {
         Ok(Some(Tensor::from_vec(values, (ids.len(), p.k()), &Device::Cpu)?))
     }
 
+    /// `epilogue(y + b)` for a product `y = x Wᵀ` computed elsewhere.
+    fn finish(&self, y: Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        crate::layers::apply_epilogue(&y, epilogue)
+    }
+
     /// `x`: `[n, in]` -> `[n, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, Epilogue::None)
@@ -393,14 +402,7 @@ impl Linear {
     pub fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let weight = match &self.weight {
             Weight::Packed(p) => return packed_cpu(x, p, self.bias.as_ref(), epilogue),
-            Weight::Quantized(q) => {
-                let y = repacked_matmul(q, x)?;
-                let y = match &self.bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                };
-                return crate::layers::apply_epilogue(&y, epilogue);
-            }
+            Weight::Quantized(q) => return self.finish(repacked_matmul(q, x)?, epilogue),
             Weight::Matrix(w) => w,
         };
         if let QMatMul::Tensor(w) = weight
@@ -421,6 +423,44 @@ impl Linear {
             None => y,
         };
         crate::layers::apply_epilogue(&y, epilogue)
+    }
+}
+
+impl Projections {
+    /// When every group is a repacked matrix of one block type (gate and up): their
+    /// products with one quantization of `x` and in one parallel pass, without bias.
+    fn shared_input_products(&self, x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        if self.groups.len() < 2 || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let Some(weights) = self
+            .groups
+            .iter()
+            .map(|(lin, _)| match &lin.weight {
+                Weight::Quantized(w) => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect::<Option<Vec<&QuantizedWeight>>>()
+        else {
+            return Ok(None);
+        };
+        if weights
+            .windows(2)
+            .any(|w| w[0].ty() != w[1].ty() || w[0].k() != w[1].k())
+        {
+            return Ok(None);
+        }
+        let rows = x.dim(0)?;
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut ys: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; rows * w.n()]).collect();
+        let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+        QuantizedWeight::matmul_many(&weights, &xs, rows, &mut outs)?;
+        let ys = ys
+            .into_iter()
+            .zip(&weights)
+            .map(|(y, w)| Ok(Tensor::from_vec(y, (rows, w.n()), x.device())?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(ys))
     }
 }
 
@@ -459,8 +499,12 @@ impl Projections {
     /// The projections of `x`, one tensor per part, in the order given to `new`.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         let mut out = Vec::new();
-        for (lin, widths) in &self.groups {
-            let y = lin.forward(x)?;
+        let shared = self.shared_input_products(x)?;
+        for (g, (lin, widths)) in self.groups.iter().enumerate() {
+            let y = match &shared {
+                Some(ys) => lin.finish(ys[g].clone(), Epilogue::None)?,
+                None => lin.forward(x)?,
+            };
             if widths.len() == 1 {
                 out.push(y);
                 continue;
@@ -693,5 +737,44 @@ mod tests {
                 "f32 CPU weights are packed with AVX-512"
             ),
         }
+    }
+
+    /// GGUF-style quantized weights become repacked kernel matrices; projections of one
+    /// input (gate and up) computed together equal the projections one by one, and a
+    /// repacked embedding table looks rows up as candle dequantizes them.
+    #[test]
+    fn quantized_linears_and_embeddings_agree_with_their_parts_and_candle() {
+        let quantize = |w: &Tensor, dtype| Arc::new(QTensor::quantize(w, dtype).unwrap());
+        let (w1, w2) = (tensor(40, 64, 1), tensor(24, 64, 2));
+        let (q1, q2) = (quantize(&w1, GgmlDType::Q5_0), quantize(&w2, GgmlDType::Q5_0));
+        let a = Linear::from_qmatmul(QMatMul::from_arc(q1.clone()).unwrap(), None);
+        let b = Linear::from_qmatmul(
+            QMatMul::from_arc(q2).unwrap(),
+            Some(tensor(1, 24, 3).squeeze(0).unwrap()),
+        );
+        assert!(matches!(a.weight, Weight::Quantized(_)), "kernel formats are repacked");
+        let x = tensor(3, 64, 4);
+        let (ya, yb) = (a.forward(&x).unwrap(), b.forward(&x).unwrap());
+        let both = Projections::separate(vec![(a.clone(), 40), (b.clone(), 24)])
+            .forward(&x)
+            .unwrap();
+        assert_eq!(max_diff(&both[0], &ya), 0.0);
+        assert_eq!(max_diff(&both[1], &yb), 0.0);
+        // candle's own quantized product, within its activation rounding.
+        let want = x.apply(&QMatMul::from_arc(q1.clone()).unwrap()).unwrap();
+        assert!(max_diff(&ya, &want) < 1e-4, "{}", max_diff(&ya, &want));
+
+        let table = QuantizedWeight::from_ggml(QuantType::Q5_0, &q1.data().unwrap(), 40, 64).unwrap();
+        let embedding = Embedding::Repacked(Arc::new(table));
+        let rows = embedding.forward(&[3, 39, 0], &Device::Cpu).unwrap();
+        let want = q1
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .index_select(&Tensor::new(&[3u32, 39, 0], &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        assert_eq!(max_diff(&rows, &want), 0.0);
+        assert!(embedding.forward(&[40], &Device::Cpu).is_err());
+        let head = embedding.as_linear().unwrap();
+        assert_eq!(max_diff(&head.forward(&x).unwrap(), &ya), 0.0);
     }
 }

@@ -48,3 +48,34 @@ fn this_x86_machine_runs_simd() {
         assert_ne!(Isa::best(), Isa::Scalar);
     }
 }
+
+#[test]
+fn products_sharing_an_input_equal_separate_products() {
+    use tessera_kernels::{Error, QuantizedWeight};
+    for ty in [QuantType::Q5_0, QuantType::Q8_0, QuantType::Q6K] {
+        let k = if ty == QuantType::Q6K { 512 } else { 896 };
+        let (a, b) = (Weight::random(ty, 40, k, 1), Weight::random(ty, 23, k, 2));
+        let (a, b) = (
+            QuantizedWeight::from_ggml(ty, &a.bytes, 40, k).unwrap(),
+            QuantizedWeight::from_ggml(ty, &b.bytes, 23, k).unwrap(),
+        );
+        for rows in [1, 4, 9] {
+            let x = random_values(rows * k, rows as u64);
+            let (mut ya, mut yb) = (vec![0f32; rows * 40], vec![0f32; rows * 23]);
+            a.matmul(&x, rows, &mut ya).unwrap();
+            b.matmul(&x, rows, &mut yb).unwrap();
+            let (mut ga, mut gb) = (vec![f32::NAN; rows * 40], vec![f32::NAN; rows * 23]);
+            QuantizedWeight::matmul_many(&[&a, &b], &x, rows, &mut [&mut ga, &mut gb]).unwrap();
+            assert_eq!(ga, ya, "{ty:?} rows={rows}");
+            assert_eq!(gb, yb, "{ty:?} rows={rows}");
+        }
+    }
+    let q8 =
+        QuantizedWeight::from_ggml(QuantType::Q8_0, &Weight::random(QuantType::Q8_0, 2, 64, 3).bytes, 2, 64).unwrap();
+    let q5 =
+        QuantizedWeight::from_ggml(QuantType::Q5_0, &Weight::random(QuantType::Q5_0, 2, 64, 4).bytes, 2, 64).unwrap();
+    let x = random_values(64, 5);
+    let (mut y1, mut y2) = (vec![0f32; 2], vec![0f32; 2]);
+    let err = QuantizedWeight::matmul_many(&[&q8, &q5], &x, 1, &mut [&mut y1, &mut y2]).unwrap_err();
+    assert!(matches!(err, Error::MixedWeights { .. }), "{err}");
+}
