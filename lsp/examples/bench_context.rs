@@ -296,6 +296,7 @@ fn run(case: &Case, backend: &LocalBackend, positions: usize) {
                 others,
                 index,
                 count_tokens: &count,
+                previous_snippets: &[],
             },
         )
     };
@@ -355,6 +356,7 @@ fn run(case: &Case, backend: &LocalBackend, positions: usize) {
                 others: &case.others,
                 index: Some(&idx),
                 count_tokens: &memo_count,
+                previous_snippets: &[],
             },
         )
     };
@@ -521,6 +523,7 @@ fn stability(case: &Case, backend: &LocalBackend, snap: &Snapshot, idx: &Workspa
                     others: &case.others,
                     index: Some(idx),
                     count_tokens: &count,
+                    previous_snippets: &[],
                 },
             );
             let prompt = Family::QwenCoder.render(&PromptParts {

@@ -421,6 +421,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         others: &[],
                         index: Some(completer.index()),
                         count_tokens: &count,
+                        previous_snippets: &[],
                     },
                 );
                 let prompt = family.render(&PromptParts {
@@ -541,6 +542,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     others: &[],
                     index: Some(&idx),
                     count_tokens: &count,
+                    previous_snippets: &[],
                 },
             );
             let repo = dir

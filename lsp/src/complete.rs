@@ -17,7 +17,7 @@ use crate::document::{self, Snapshot};
 use crate::index::WorkspaceIndex;
 use crate::postprocess::{self, DocumentStyle, Surroundings};
 use crate::syntax::{self, Mode};
-use crate::template::{Family, PromptParts};
+use crate::template::{Family, PromptParts, Snippet};
 use crate::{Error, Result};
 
 /// What a completion may cost and return.
@@ -99,7 +99,12 @@ pub struct Completer {
     generating: Mutex<()>,
     /// Token counts of recently measured texts (lines, mostly), by hash.
     token_counts: Mutex<HashMap<u64, usize>>,
+    /// The snippets of each document's last prompt (see `ContextInputs::previous_snippets`).
+    last_snippets: Mutex<HashMap<String, Vec<Snippet>>>,
 }
+
+/// Documents whose last snippets are remembered, at most.
+const SNIPPET_MEMO: usize = 256;
 
 /// Remembered token counts, at most.
 const TOKEN_COUNT_MEMO: usize = 100_000;
@@ -119,6 +124,7 @@ impl Completer {
             cache: Mutex::new(ResultCache::new(64)),
             generating: Mutex::new(()),
             token_counts: Mutex::new(HashMap::new()),
+            last_snippets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -205,6 +211,12 @@ impl Completer {
             }
             n
         };
+        let previous = self
+            .last_snippets
+            .lock()
+            .ok()
+            .and_then(|m| m.get(req.snapshot.uri.as_str()).cloned())
+            .unwrap_or_default();
         let ctx = context::build(
             &settings.context,
             &ContextInputs {
@@ -214,8 +226,15 @@ impl Completer {
                 others: req.others,
                 index: Some(&self.index),
                 count_tokens: &count,
+                previous_snippets: &previous,
             },
         );
+        if let Ok(mut m) = self.last_snippets.lock() {
+            if m.len() >= SNIPPET_MEMO {
+                m.clear();
+            }
+            m.insert(req.snapshot.uri.to_string(), ctx.snippets.clone());
+        }
         let context_ms = elapsed_ms(t0);
         let suffix = if self.family.uses_suffix() {
             ctx.suffix.as_str()

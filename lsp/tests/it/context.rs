@@ -65,6 +65,11 @@ fn index_of(files: &[(&str, Language, &str)]) -> WorkspaceIndex {
 
 /// Builds the context of `text` at `offset` with the case's index and open file.
 fn build_at(case: &Case, text: &str, offset: usize) -> Context {
+    build_after(case, text, offset, &[])
+}
+
+/// [`build_at`], after a prompt that had `previous` snippets.
+fn build_after(case: &Case, text: &str, offset: usize, previous: &[tessera_lsp::template::Snippet]) -> Context {
     let mut files = vec![(case.doc.path, case.doc.language, text)];
     files.extend(case.library.as_ref().map(|l| (l.path, l.language, l.text)));
     let index = index_of(&files);
@@ -83,6 +88,7 @@ fn build_at(case: &Case, text: &str, offset: usize) -> Context {
             others: &others,
             index: Some(&index),
             count_tokens: &count_tokens,
+            previous_snippets: previous,
         },
     )
 }
@@ -2004,6 +2010,37 @@ fn typing_on_the_cursor_line_keeps_the_prompt_start() {
 }
 
 #[test]
+fn snippets_still_chosen_keep_their_previous_order() {
+    // The same snippets in a new order would change the prompt from the first one on,
+    // and with it every cached token after it: the previous order wins.
+    let mut checked = 0;
+    for (name, case) in all_cases() {
+        let (text, offset) = split_marker(case.doc.text);
+        let fresh = build_at(&case, &text, offset);
+        if fresh.snippets.len() < 2 {
+            continue;
+        }
+        let mut previous = fresh.snippets.clone();
+        previous.reverse();
+        // One that is no longer chosen is left out.
+        previous.insert(
+            1,
+            tessera_lsp::template::Snippet {
+                path: "gone.rs".into(),
+                text: "fn gone() {}".into(),
+            },
+        );
+        let again = build_after(&case, &text, offset, &previous);
+        let mut want = fresh.snippets.clone();
+        want.reverse();
+        assert_eq!(again.snippets, want, "{name}");
+        assert_eq!((again.prefix, again.suffix), (fresh.prefix, fresh.suffix), "{name}");
+        checked += 1;
+    }
+    assert!(checked > 0, "a case has several snippets");
+}
+
+#[test]
 fn a_cursor_past_the_end_or_inside_a_character_is_clamped() {
     let text = "fn main() {\n    let s = \"héllo 😀\";\n}\n";
     let snapshot = Document::new("src/main.rs", Language::Rust, 1, text.to_owned()).snapshot();
@@ -2017,6 +2054,7 @@ fn a_cursor_past_the_end_or_inside_a_character_is_clamped() {
                 others: &[],
                 index: None,
                 count_tokens: &count_tokens,
+                previous_snippets: &[],
             },
         )
     };
@@ -2049,6 +2087,7 @@ fn a_cursor_past_the_end_or_inside_a_character_is_clamped() {
             others: &[],
             index: None,
             count_tokens: &count_tokens,
+            previous_snippets: &[],
         },
     );
     assert_eq!((ctx.prefix.as_str(), ctx.suffix.as_str()), ("na", "ïve"));
