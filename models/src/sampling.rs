@@ -50,6 +50,14 @@ pub fn log_sum_exp(xs: &[f32]) -> f32 {
     tessera_kernels::elementwise::log_sum_exp(xs)
 }
 
+/// `xs` replaced by its softmax, vectorised.
+pub fn softmax_in_place(xs: &mut [f32]) {
+    let len = xs.len();
+    if len > 0 {
+        tessera_kernels::elementwise::softmax_rows(xs, len);
+    }
+}
+
 /// Numerically stable log-softmax.
 pub fn log_softmax(xs: &[f32]) -> Vec<f32> {
     let log_sum = log_sum_exp(xs);

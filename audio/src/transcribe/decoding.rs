@@ -7,9 +7,8 @@
 
 use std::io::Write as _;
 
-use rand::SeedableRng as _;
-use rand::distr::Distribution as _;
 use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 pub use tessera_models::whisper::Task;
 use tessera_models::whisper::{AudioFeatures, Whisper, WhisperSpecialTokens};
 
@@ -212,13 +211,14 @@ impl Filters<'_> {
             }
         }
         // When the timestamps together are likelier than any text token, take a timestamp.
-        let logprobs = log_softmax(logits);
-        let ts_logprob = log_sum_exp(&logprobs[ts_begin.min(n)..]);
-        let max_text = logprobs[..ts_begin.min(n)]
+        // (Compared as logits: both sides of openai's log-probabilities carry the same
+        // normaliser.)
+        let ts_logit = log_sum_exp(&logits[ts_begin.min(n)..]);
+        let max_text = logits[..ts_begin.min(n)]
             .iter()
             .copied()
             .fold(f32::NEG_INFINITY, f32::max);
-        if ts_logprob > max_text {
+        if ts_logit > max_text {
             logits[..ts_begin.min(n)].fill(f32::NEG_INFINITY);
         }
     }
@@ -229,12 +229,13 @@ pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f32> {
     logits.iter().map(|&l| l - lse).collect()
 }
 
+/// Vectorised (a vocabulary of 51,865 logits per sequence per step: with one `expf` call
+/// each, this was most of a sampled step's time).
 fn log_sum_exp(xs: &[f32]) -> f32 {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
+    if xs.is_empty() {
         return f32::NEG_INFINITY;
     }
-    max + xs.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+    tessera_models::sampling::log_sum_exp(xs)
 }
 
 fn argmax(xs: &[f32]) -> u32 {
@@ -340,13 +341,12 @@ pub fn decode_window(
                     seqs[k].push(eot);
                     continue;
                 }
-                let logprobs = log_softmax(row);
                 let next = if sampling {
                     sample(row, options.temperature, &mut rng)
                 } else {
                     argmax(row)
                 };
-                sum_logprobs[k] += logprobs[next as usize];
+                sum_logprobs[k] += row[next as usize] - log_sum_exp(row);
                 seqs[k].push(next);
             }
             seqs.iter().all(|s| s.last() == Some(&eot))
@@ -489,14 +489,28 @@ fn softmax_at(logits: &[f32], index: usize) -> f32 {
     logits.get(index).map_or(0.0, |&l| (l - lse).exp())
 }
 
+/// A token drawn from `softmax(logits / temperature)`: one uniform number, walked down
+/// the cumulative probabilities (vectorised softmax; no per-step distribution object).
 fn sample(logits: &[f32], temperature: f32, rng: &mut StdRng) -> u32 {
-    let scaled: Vec<f32> = logits.iter().map(|&l| l / temperature).collect();
-    let lse = log_sum_exp(&scaled);
-    let weights: Vec<f32> = scaled.iter().map(|&l| (l - lse).exp()).collect();
-    match rand::distr::weighted::WeightedIndex::new(&weights) {
-        Ok(dist) => dist.sample(rng) as u32,
-        Err(_) => argmax(logits),
+    let mut probs: Vec<f32> = logits.iter().map(|&l| l / temperature).collect();
+    if !probs.iter().any(|p| p.is_finite()) {
+        return argmax(logits);
     }
+    tessera_models::sampling::softmax_in_place(&mut probs);
+    let total: f32 = probs.iter().sum();
+    let mut left = rng.random::<f32>() * total;
+    let mut last_possible = None;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            if left < p {
+                return i as u32;
+            }
+            left -= p;
+            last_possible = Some(i);
+        }
+    }
+    // Rounding left a sliver past the last token with any probability.
+    last_possible.map_or_else(|| argmax(logits), |i| i as u32)
 }
 
 /// The most likely language of a window: `(code, token, probability)`.
@@ -524,6 +538,31 @@ pub fn detect_language(model: &Whisper, features: &AudioFeatures, audio_index: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_follows_the_tempered_distribution_and_skips_masked_tokens() {
+        // p(1) = 3/4 at temperature 1; token 2 is masked; at temperature 0.5 p(1) = 9/10.
+        let logits = [0.0, 3f32.ln(), f32::NEG_INFINITY];
+        for (temperature, want) in [(1.0, 0.75), (0.5, 0.9)] {
+            let mut rng = StdRng::seed_from_u64(7);
+            let mut counts = [0usize; 3];
+            for _ in 0..20_000 {
+                counts[sample(&logits, temperature, &mut rng) as usize] += 1;
+            }
+            assert_eq!(counts[2], 0, "a masked token was drawn");
+            let share = counts[1] as f64 / 20_000.0;
+            assert!((share - want).abs() < 0.015, "T={temperature}: {share} vs {want}");
+        }
+        // Same seed, same draws; only one possible token: that one.
+        let draws = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..50).map(|_| sample(&logits, 1.0, &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(3), draws(3));
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(sample(&[f32::NEG_INFINITY, 2.0, f32::NEG_INFINITY], 0.7, &mut rng), 1);
+        assert_eq!(sample(&[f32::NEG_INFINITY; 3], 0.7, &mut rng), 0);
+    }
 
     /// 20 text tokens, eot 20, sot 21, ..., no-timestamps 27, timestamps from 28 to 99.
     fn special() -> WhisperSpecialTokens {
