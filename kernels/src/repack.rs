@@ -224,7 +224,6 @@ fn pack_row(ty: QuantType, layout: &Layout, ggml: &[u8], decoded: &DecodedRow, o
         let q = &decoded.q[q_start..q_start + vectors * VECTOR];
         q_start += vectors * VECTOR;
         let out = &mut out[group_offset(ty, layout, g)..];
-        let vector = |v: usize| &q[v * VECTOR..(v + 1) * VECTOR];
         match ty {
             QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q8_0 => {
                 // One f16 per block of the group: lanes 0..8, or the 4 blocks of a narrow group.
@@ -244,9 +243,9 @@ fn pack_row(ty: QuantType, layout: &Layout, ggml: &[u8], decoded: &DecodedRow, o
                     out[at..at + vectors * VECTOR].copy_from_slice(q);
                     continue;
                 }
-                at += pack_nibbles(vectors, &vector, &mut out[at..]);
+                at += pack_nibbles(q, &mut out[at..]);
                 if ty == QuantType::Q5_0 {
-                    pack_fifth_bits(wide, &vector, &mut out[at..]);
+                    pack_fifth_bits(q, &mut out[at..]);
                 }
             }
             QuantType::Q4K => {
@@ -257,7 +256,7 @@ fn pack_row(ty: QuantType, layout: &Layout, ggml: &[u8], decoded: &DecodedRow, o
                     out[4 + i] = sc;
                     out[12 + i] = mn;
                 }
-                pack_nibbles(vectors, &vector, &mut out[20..]);
+                pack_nibbles(q, &mut out[20..]);
             }
             QuantType::Q6K => {
                 let blk = &ggml[g / 2 * bb..(g / 2 + 1) * bb];
@@ -265,41 +264,44 @@ fn pack_row(ty: QuantType, layout: &Layout, ggml: &[u8], decoded: &DecodedRow, o
                 for i in 0..LANES {
                     out[2 + i] = blk[192 + 8 * (g % 2) + narrow_run(i)];
                 }
-                let at = 10 + pack_nibbles(vectors, &vector, &mut out[10..]);
-                for b in 0..VECTOR {
-                    out[at + b] = (0..4)
-                        .map(|j| ((vector(j)[b] >> 4) & 3) << (2 * j))
-                        .fold(0, |a, x| a | x);
+                let at = 10 + pack_nibbles(q, &mut out[10..]);
+                let high = &mut out[at..at + VECTOR];
+                high.fill(0);
+                for (j, v) in q.chunks_exact(VECTOR).enumerate() {
+                    for (h, &x) in high.iter_mut().zip(v) {
+                        *h |= ((x >> 4) & 3) << (2 * j);
+                    }
                 }
             }
         }
     }
 }
 
-/// Low nibbles of vector `u` and of vector `u + vectors / 2` in one byte; returns the
-/// bytes written.
-fn pack_nibbles<'a>(vectors: usize, vector: &impl Fn(usize) -> &'a [u8], out: &mut [u8]) -> usize {
-    let half = vectors / 2;
-    for u in 0..half {
-        for b in 0..VECTOR {
-            out[u * VECTOR + b] = (vector(u)[b] & 0xF) | (vector(u + half)[b] & 0xF) << 4;
-        }
+/// Low nibbles of vector `u` and of vector `u + half` (of the group's vectors `q`) in
+/// one byte; returns the bytes written.
+fn pack_nibbles(q: &[u8], out: &mut [u8]) -> usize {
+    let (low, high) = q.split_at(q.len() / 2);
+    for ((o, &l), &h) in out[..low.len()].iter_mut().zip(low).zip(high) {
+        *o = (l & 0xF) | (h & 0xF) << 4;
     }
-    half * VECTOR
+    low.len()
 }
 
-/// Q5_0's bit 4 of every value, see the module docs.
-fn pack_fifth_bits<'a>(wide: bool, vector: &impl Fn(usize) -> &'a [u8], out: &mut [u8]) {
-    let bit = |v: usize, b: usize| (vector(v)[b] >> 4) & 1;
-    if wide {
-        for (b, out) in out[..VECTOR].iter_mut().enumerate() {
-            *out = (0..8).map(|j| bit(j, b) << j).fold(0, |a, x| a | x);
-        }
-    } else {
-        for (b, out) in out[..VECTOR / 2].iter_mut().enumerate() {
-            *out = (0..4)
-                .map(|j| bit(j, b) << j | bit(j, b + 16) << (4 + j))
-                .fold(0, |a, x| a | x);
+/// Q5_0's bit 4 of every value of the group's vectors `q`, see the module docs.
+fn pack_fifth_bits(q: &[u8], out: &mut [u8]) {
+    let wide = q.len() == 8 * VECTOR;
+    let out = &mut out[..if wide { VECTOR } else { VECTOR / 2 }];
+    out.fill(0);
+    for (j, v) in q.chunks_exact(VECTOR).enumerate() {
+        if wide {
+            for (o, &x) in out.iter_mut().zip(v) {
+                *o |= ((x >> 4) & 1) << j;
+            }
+        } else {
+            let (first, second) = v.split_at(VECTOR / 2);
+            for ((o, &a), &b) in out.iter_mut().zip(first).zip(second) {
+                *o |= ((a >> 4) & 1) << j | ((b >> 4) & 1) << (4 + j);
+            }
         }
     }
 }
