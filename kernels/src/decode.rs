@@ -20,6 +20,9 @@ pub(crate) struct DecodedRow {
     pub min: Vec<f32>,
     /// Natural-order staging for the portable decoder.
     natural: Vec<u8>,
+    /// Scratch: per run of values sharing a scale, its scale and minimum.
+    run_scale: Vec<f32>,
+    run_min: Vec<f32>,
 }
 
 impl DecodedRow {
@@ -33,6 +36,8 @@ impl DecodedRow {
                 Vec::new()
             },
             natural: Vec::new(),
+            run_scale: Vec::new(),
+            run_min: Vec::new(),
         }
     }
 }
@@ -69,8 +74,13 @@ pub(crate) fn decode_row(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8],
         QuantType::Q6K => 16,
         _ => 32,
     };
-    let mut run_scale = vec![0f32; blocks * bs / run];
-    let mut run_min = vec![0f32; blocks * bs / run];
+    // Reused across rows: a model's load decodes every row of every matrix once.
+    let mut run_scale = std::mem::take(&mut out.run_scale);
+    let mut run_min = std::mem::take(&mut out.run_min);
+    run_scale.clear();
+    run_scale.resize(blocks * bs / run, 0.0);
+    run_min.clear();
+    run_min.resize(blocks * bs / run, 0.0);
     for b in 0..blocks {
         let blk = &row[b * bb..(b + 1) * bb];
         let vals = &mut natural[b * bs..(b + 1) * bs];
@@ -147,6 +157,8 @@ pub(crate) fn decode_row(ty: QuantType, layout: &Layout, mode: Mode, row: &[u8],
     }
     layout.interleave(&natural, &mut out.q);
     out.natural = natural;
+    out.run_scale = run_scale;
+    out.run_min = run_min;
 }
 
 /// ggml's nibble order: low nibbles are values 0..16, high nibbles values 16..32.
