@@ -251,7 +251,7 @@ pub fn blockwise_attention(
     let Some(first) = inputs.first() else {
         return Ok(None);
     };
-    if !first.queries.device().is_cpu() || first.queries.dtype() != DType::F32 {
+    if !crate::backend::cpu_kernels(first.queries.device()) || first.queries.dtype() != DType::F32 {
         return Ok(None);
     }
     // Every tensor read, made contiguous where it is not already (a no-op for the cache's
@@ -334,7 +334,7 @@ pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> 
 /// Softmax over the last dimension. On CPU in f32 through the vectorised kernel of
 /// `tessera_kernels::elementwise` (candle's runs libm's scalar `expf` per element).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if crate::backend::cpu_kernels(x.device()) && x.dtype() == DType::F32 {
         return Ok(x.contiguous()?.apply_op1_no_bwd(&CpuElementwise::Softmax)?);
     }
     Ok(candle_nn::ops::softmax_last_dim(x)?)
@@ -345,7 +345,11 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// and the product is a second pass.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     use candle_core::{CpuStorage, Storage};
-    if gate.device().is_cpu() && gate.dtype() == DType::F32 && up.dtype() == DType::F32 && gate.dims() == up.dims() {
+    if crate::backend::cpu_kernels(gate.device())
+        && gate.dtype() == DType::F32
+        && up.dtype() == DType::F32
+        && gate.dims() == up.dims()
+    {
         let up = up.contiguous()?;
         let (storage, layout) = up.storage_and_layout();
         if let (Storage::Cpu(CpuStorage::F32(u)), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
@@ -359,7 +363,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 /// GELU, exact (erf) form; vectorised on CPU in f32 like [`softmax_last_dim`].
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if crate::backend::cpu_kernels(x.device()) && x.dtype() == DType::F32 {
         return Ok(x.contiguous()?.apply_op1_no_bwd(&CpuElementwise::GeluErf)?);
     }
     Ok(x.gelu_erf()?)

@@ -6,6 +6,7 @@
 //! text and get back tokens, text and scores.
 
 pub mod allocator;
+pub mod backend;
 pub mod clip;
 pub mod clip_tokenizer;
 pub mod ct2;

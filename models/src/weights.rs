@@ -15,6 +15,7 @@ use tessera_kernels::dense::{Epilogue, WeightLayout};
 use tessera_kernels::packed::PackedWeight;
 use tessera_kernels::{QuantType, QuantizedWeight};
 
+use crate::backend::cpu_kernels;
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -146,7 +147,7 @@ impl WeightStore {
     /// CPU, in a block format our kernels multiply, repacked for them straight from the file.
     fn weight(&self, name: &str, out: usize, inp: usize, device: &Device) -> Result<Weight> {
         if let WeightStore::Gguf(g) = self
-            && device.is_cpu()
+            && cpu_kernels(device)
         {
             let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
             self.check_shape(name, &info.dims, &[out, inp])?;
@@ -172,7 +173,7 @@ impl WeightStore {
     /// An embedding table `[vocab, dim]`.
     pub fn embedding(&self, name: &str, vocab: usize, dim: usize, device: &Device) -> Result<Embedding> {
         match self {
-            WeightStore::Gguf(g) if device.is_cpu() => {
+            WeightStore::Gguf(g) if cpu_kernels(device) => {
                 let info = g.tensor_info(name).ok_or_else(|| self.missing(name))?;
                 self.check_shape(name, &info.dims, &[vocab, dim])?;
                 if let Some(table) = g.quantized_weight(name)? {
@@ -249,7 +250,7 @@ enum Weight {
 impl Weight {
     fn new(weight: QMatMul) -> Self {
         if let QMatMul::QTensor(q) = &weight
-            && q.device().is_cpu()
+            && cpu_kernels(&q.device())
             && let Some(ty) = kernel_type(q.dtype())
             && let Ok((n, k)) = q.shape().dims2()
             && let Ok(data) = q.data()
@@ -299,7 +300,7 @@ impl Linear {
     /// the same results as f32 weights, half the bytes read per product and held in
     /// memory); otherwise they are widened to f32 here.
     pub fn from_f16_weights(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        if weight.dtype() == DType::F16 && weight.device().is_cpu() && tessera_kernels::packed::is_accelerated() {
+        if weight.dtype() == DType::F16 && cpu_kernels(weight.device()) && tessera_kernels::packed::is_accelerated() {
             let (n, k) = weight.dims2()?;
             let weight = weight.contiguous()?;
             let (storage, layout) = weight.storage_and_layout();
@@ -344,7 +345,7 @@ impl Linear {
                 Weight::Matrix(QMatMul::Tensor(Tensor::cat(&[a, b], 0)?))
             }
             (Weight::Matrix(QMatMul::QTensor(a)), Weight::Matrix(QMatMul::QTensor(b)))
-                if a.dtype() == b.dtype() && a.device().is_cpu() =>
+                if a.dtype() == b.dtype() && cpu_kernels(&a.device()) =>
             {
                 let ((n1, k1), (n2, k2)) = (a.shape().dims2()?, b.shape().dims2()?);
                 if k1 != k2 {
@@ -412,10 +413,14 @@ impl Linear {
         }
         let y = match weight {
             QMatMul::Tensor(w) => x.matmul(&w.t()?)?,
-            QMatMul::QTensor(q) if x.device().is_cpu() && kernel_type(q.dtype()).is_some() => multi_row_matmul(q, x)?,
+            QMatMul::QTensor(q) if cpu_kernels(x.device()) && kernel_type(q.dtype()).is_some() => {
+                multi_row_matmul(q, x)?
+            }
             // For block types our kernel lacks, a long prefill is faster through one
             // dequantization and a dense GEMM than through candle's per-row dot products.
-            QMatMul::QTensor(q) if x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => x.matmul(&q.dequantize(x.device())?.t()?)?,
+            QMatMul::QTensor(q) if cpu_kernels(x.device()) && x.dim(0)? > DEQUANTIZE_ABOVE_ROWS => {
+                x.matmul(&q.dequantize(x.device())?.t()?)?
+            }
             q => x.apply(q)?,
         };
         let y = match &self.bias {
@@ -430,7 +435,7 @@ impl Projections {
     /// When every group is a repacked matrix of one block type (gate and up): their
     /// products with one quantization of `x` and in one parallel pass, without bias.
     fn shared_input_products(&self, x: &Tensor) -> Result<Option<Vec<Tensor>>> {
-        if self.groups.len() < 2 || !x.device().is_cpu() {
+        if self.groups.len() < 2 || !cpu_kernels(x.device()) {
             return Ok(None);
         }
         let Some(weights) = self
@@ -600,7 +605,7 @@ impl Embedding {
 /// The values of a CPU f32 tensor, made contiguous.
 pub(crate) fn with_cpu_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<Option<T>> {
     use candle_core::{CpuStorage, Storage};
-    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+    if !cpu_kernels(t.device()) || t.dtype() != DType::F32 {
         return Ok(None);
     }
     let t = t.contiguous()?;

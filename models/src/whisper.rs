@@ -656,7 +656,7 @@ impl Ct2Source<'_> {
     /// [`Linear::from_f16_weights`] widens it exactly inside the product.
     fn weight_linear(&self, name: &str, shape: &[usize], bias: Option<Tensor>) -> Result<Linear> {
         let stored_f16 = self.file.variable(name).is_some_and(|v| v.dtype == Ct2DType::F16);
-        if stored_f16 && self.dtype == DType::F32 && self.device.is_cpu() {
+        if stored_f16 && self.dtype == DType::F32 && crate::backend::cpu_kernels(self.device) {
             let w = self.file.tensor(name, shape, DType::F16, self.device)?;
             return Linear::from_f16_weights(w, bias);
         }

@@ -8,5 +8,6 @@ mod engine;
 mod gguf;
 mod parity;
 mod real_weights;
+mod reference_ops;
 mod tokenizer;
 mod whisper;
