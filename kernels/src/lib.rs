@@ -31,6 +31,7 @@
 
 mod activation;
 pub mod attention;
+mod buffer;
 mod decode;
 pub mod dense;
 pub mod elementwise;

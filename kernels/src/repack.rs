@@ -24,6 +24,8 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::WeightBuffer;
+
 use crate::decode::{DecodedRow, decode_row, f16_at, scale_min_k4};
 use crate::layout::{LANES, Layout, VECTOR, narrow_run};
 use crate::{Error, Mode, QuantType, Result};
@@ -79,7 +81,7 @@ pub struct QuantizedWeight {
     k: usize,
     layout: Layout,
     row_bytes: usize,
-    bytes: Vec<u8>,
+    bytes: WeightBuffer,
 }
 
 impl std::fmt::Debug for QuantizedWeight {
@@ -96,7 +98,7 @@ impl QuantizedWeight {
         let layout = Layout::new(ty, k);
         let row_bytes = layout.wide * wide_bytes(ty) + layout.narrow * narrow_bytes(ty);
         let total = row_bytes.checked_mul(n).ok_or(Error::Overflow { rows: 0, n, k })?;
-        let mut bytes = vec![0u8; total];
+        let mut bytes = WeightBuffer::zeroed(total);
         let ggml_row = k / ty.block_size() * ty.block_bytes();
         if ggml_row > 0 {
             let mode = Mode {
@@ -162,9 +164,10 @@ impl QuantizedWeight {
         if self.ty != other.ty || self.k != other.k {
             return None;
         }
-        let mut bytes = Vec::with_capacity(self.bytes.len() + other.bytes.len());
-        bytes.extend_from_slice(&self.bytes);
-        bytes.extend_from_slice(&other.bytes);
+        let mut bytes = WeightBuffer::zeroed(self.bytes.len() + other.bytes.len());
+        let (top, bottom) = bytes.split_at_mut(self.bytes.len());
+        top.copy_from_slice(&self.bytes);
+        bottom.copy_from_slice(&other.bytes);
         Some(QuantizedWeight {
             n: self.n + other.n,
             bytes,
