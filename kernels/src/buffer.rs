@@ -19,28 +19,35 @@ const HUGE_PAGE: usize = 2 << 20;
 #[cfg(target_os = "linux")]
 const CHUNKED_FROM: usize = 64 << 10;
 
-pub(crate) enum WeightBuffer {
-    Heap(Vec<u8>),
+/// Element types whose all-zero bytes are a valid value (zero) and that need no more than
+/// 64-byte alignment.
+pub(crate) trait Plain: Copy + Default + Send + Sync + 'static {}
+impl Plain for u8 {}
+impl Plain for f32 {}
+impl Plain for half::f16 {}
+
+pub(crate) enum WeightBuffer<T: Plain = u8> {
+    Heap(Vec<T>),
     #[cfg(target_os = "linux")]
-    Chunked(huge::Slice),
+    Chunked(huge::Slice<T>),
 }
 
-impl WeightBuffer {
-    /// `len` zero bytes.
-    pub(crate) fn zeroed(len: usize) -> WeightBuffer {
+impl<T: Plain> WeightBuffer<T> {
+    /// `len` zeros.
+    pub(crate) fn zeroed(len: usize) -> WeightBuffer<T> {
         #[cfg(target_os = "linux")]
-        if len >= CHUNKED_FROM
+        if len.saturating_mul(size_of::<T>()) >= CHUNKED_FROM
             && let Some(slice) = huge::Slice::zeroed(len)
         {
             return WeightBuffer::Chunked(slice);
         }
-        WeightBuffer::Heap(vec![0; len])
+        WeightBuffer::Heap(vec![T::default(); len])
     }
 }
 
-impl Deref for WeightBuffer {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl<T: Plain> Deref for WeightBuffer<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         match self {
             WeightBuffer::Heap(v) => v,
             #[cfg(target_os = "linux")]
@@ -49,8 +56,8 @@ impl Deref for WeightBuffer {
     }
 }
 
-impl DerefMut for WeightBuffer {
-    fn deref_mut(&mut self) -> &mut [u8] {
+impl<T: Plain> DerefMut for WeightBuffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         match self {
             WeightBuffer::Heap(v) => v,
             #[cfg(target_os = "linux")]
@@ -59,8 +66,14 @@ impl DerefMut for WeightBuffer {
     }
 }
 
-impl Clone for WeightBuffer {
-    fn clone(&self) -> WeightBuffer {
+impl<T: Plain> std::fmt::Debug for WeightBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeightBuffer({} x {})", self.len(), std::any::type_name::<T>())
+    }
+}
+
+impl<T: Plain> Clone for WeightBuffer<T> {
+    fn clone(&self) -> WeightBuffer<T> {
         let mut copy = WeightBuffer::zeroed(self.len());
         copy.copy_from_slice(self);
         copy
@@ -72,7 +85,7 @@ mod huge {
     use std::ptr::NonNull;
     use std::sync::{Arc, Mutex, Weak};
 
-    use super::HUGE_PAGE;
+    use super::{HUGE_PAGE, Plain};
 
     /// A new chunk's size, unless one weight needs more.
     const CHUNK: usize = 64 << 20;
@@ -83,23 +96,26 @@ mod huge {
     /// whose weights are all dropped is unmapped, and the next weight starts a new one.
     static CURRENT: Mutex<Option<(Weak<Mapping>, usize)>> = Mutex::new(None);
 
-    /// `len` bytes of a chunk, no other `Slice` overlapping them.
-    pub(crate) struct Slice {
+    /// `len` values of type `T` in a chunk, from byte `offset`; no other `Slice` overlaps
+    /// them.
+    pub(crate) struct Slice<T> {
         chunk: Arc<Mapping>,
         offset: usize,
         len: usize,
+        values: std::marker::PhantomData<T>,
     }
 
-    impl Slice {
-        pub(crate) fn zeroed(len: usize) -> Option<Slice> {
+    impl<T: Plain> Slice<T> {
+        pub(crate) fn zeroed(len: usize) -> Option<Slice<T>> {
+            let bytes = len.checked_mul(size_of::<T>())?;
             let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((chunk, used)) = current.as_mut()
                 && let Some(chunk) = chunk.upgrade()
             {
                 let offset = used.next_multiple_of(ALIGN);
-                if offset.checked_add(len).is_some_and(|end| end <= chunk.len) {
-                    *used = offset + len;
-                    return Some(Slice { chunk, offset, len });
+                if offset.checked_add(bytes).is_some_and(|end| end <= chunk.len) {
+                    *used = offset + bytes;
+                    return Some(Slice::new(chunk, offset, len));
                 }
             }
             if let Some((old, used)) = current.as_ref()
@@ -109,29 +125,39 @@ mod huge {
                 // what no weight will use of it.
                 old.release(*used, old.len);
             }
-            let chunk = Arc::new(Mapping::zeroed(len.max(CHUNK))?);
-            *current = Some((Arc::downgrade(&chunk), len));
-            Some(Slice { chunk, offset: 0, len })
+            let chunk = Arc::new(Mapping::zeroed(bytes.max(CHUNK))?);
+            *current = Some((Arc::downgrade(&chunk), bytes));
+            Some(Slice::new(chunk, 0, len))
         }
 
-        pub(crate) fn as_slice(&self) -> &[u8] {
+        fn new(chunk: Arc<Mapping>, offset: usize, len: usize) -> Slice<T> {
+            Slice {
+                chunk,
+                offset,
+                len,
+                values: std::marker::PhantomData,
+            }
+        }
+
+        pub(crate) fn as_slice(&self) -> &[T] {
             // SAFETY: the range lies inside the chunk, which lives while `self` holds it, and
             // no `Slice` that could write to it overlaps this one.
-            unsafe { std::slice::from_raw_parts(self.chunk.start.as_ptr().add(self.offset), self.len) }
+            // The offset is a multiple of 64 and the zeroed bytes are `T` zeros (`Plain`).
+            unsafe { std::slice::from_raw_parts(self.chunk.start.as_ptr().add(self.offset).cast(), self.len) }
         }
 
-        pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
             // SAFETY: as in `as_slice`; `&mut self` makes this the only reference to the range.
-            unsafe { std::slice::from_raw_parts_mut(self.chunk.start.as_ptr().add(self.offset), self.len) }
+            unsafe { std::slice::from_raw_parts_mut(self.chunk.start.as_ptr().add(self.offset).cast(), self.len) }
         }
     }
 
-    impl Drop for Slice {
+    impl<T> Drop for Slice<T> {
         /// Gives the whole pages of the range back to the kernel: weights replaced while a
         /// model loads (q, k and v, once stacked into one matrix) would otherwise stay
         /// resident until their chunk's last weight goes.
         fn drop(&mut self) {
-            self.chunk.release(self.offset, self.offset + self.len);
+            self.chunk.release(self.offset, self.offset + self.len * size_of::<T>());
         }
     }
 
@@ -232,7 +258,7 @@ mod tests {
     #[test]
     fn buffers_are_zeroed_writable_and_clone_exactly() {
         for len in [0, 1, 4095, HUGE_PAGE - 1, HUGE_PAGE, 3 * HUGE_PAGE + 12345] {
-            let mut buffer = WeightBuffer::zeroed(len);
+            let mut buffer = WeightBuffer::<u8>::zeroed(len);
             assert_eq!(buffer.len(), len);
             assert!(buffer.iter().all(|&b| b == 0), "len {len}");
             for (i, b) in buffer.iter_mut().enumerate() {
@@ -246,5 +272,11 @@ mod tests {
                 assert_eq!(buffer.as_ptr() as usize % 64, 0, "len {len}");
             }
         }
+        let mut floats = WeightBuffer::<f32>::zeroed(CHUNKED_FROM / 4 + 3);
+        assert!(floats.iter().all(|&v| v == 0.0));
+        floats[7] = 1.5;
+        assert_eq!(floats.clone()[7], 1.5);
+        #[cfg(target_os = "linux")]
+        assert!(matches!(floats, WeightBuffer::Chunked(_)));
     }
 }

@@ -17,6 +17,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use crate::buffer::{Plain, WeightBuffer};
 use crate::dense::{Epilogue, WeightLayout, apply};
 use crate::{Error, Result};
 
@@ -43,8 +44,8 @@ pub struct PackedWeight {
 /// microkernel (exactly: every f16 is an f32), which halves the bytes a product reads.
 #[derive(Clone, Debug)]
 enum Panels {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
+    F32(WeightBuffer<f32>),
+    F16(WeightBuffer<f16>),
 }
 
 impl Panels {
@@ -136,7 +137,7 @@ impl PackedWeight {
 }
 
 /// `w` (`[n, k]` as `layout` says) as panels of [`PANEL`] outputs, zero-padded.
-fn pack_values<T: Copy + Default + Send + Sync>(w: &[T], n: usize, k: usize, layout: WeightLayout) -> Result<Vec<T>> {
+fn pack_values<T: Plain>(w: &[T], n: usize, k: usize, layout: WeightLayout) -> Result<WeightBuffer<T>> {
     let expected = n.checked_mul(k).ok_or(Error::Overflow { rows: 0, n, k })?;
     if w.len() != expected {
         return Err(Error::DenseWeightSize {
@@ -147,7 +148,7 @@ fn pack_values<T: Copy + Default + Send + Sync>(w: &[T], n: usize, k: usize, lay
         });
     }
     let panels = n.div_ceil(PANEL);
-    let mut data = vec![T::default(); panels * k * PANEL];
+    let mut data = WeightBuffer::<T>::zeroed(panels * k * PANEL);
     data.par_chunks_mut((k * PANEL).max(1))
         .enumerate()
         .for_each(|(p, panel)| {
