@@ -8,12 +8,14 @@ use std::sync::OnceLock;
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use tessera_models::whisper::{AudioFeatures, Task, Whisper};
 
-use crate::common::{fixture, max_abs_diff};
+use crate::common::{device, fixture, max_abs_diff};
 
 const TOL: f32 = 1e-4;
 
+/// A fixture in f32 on the test device (`common::device`).
 fn load(name: &str) -> Whisper {
-    Whisper::load(&fixture(&format!("whisper/{name}")), &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"))
+    Whisper::load_with_dtype(&fixture(&format!("whisper/{name}")), &device(), DType::F32)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn expected() -> &'static std::collections::HashMap<String, Tensor> {
@@ -136,7 +138,7 @@ fn parity_128_mel_bins() {
 #[test]
 fn f16_compute_follows_the_reference() {
     // The accelerator path (f16 weights and activations), run on the CPU.
-    let model = Whisper::load_with_dtype(&fixture("whisper/tiny-f16"), &Device::Cpu, DType::F16).unwrap();
+    let model = Whisper::load_with_dtype(&fixture("whisper/tiny-f16"), &device(), DType::F16).unwrap();
     assert_eq!(model.dtype(), DType::F16);
     check_parity(&model, 80, "tiny-f16", 0.1);
 }
