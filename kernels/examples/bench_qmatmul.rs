@@ -4,7 +4,8 @@
 //! `cargo run --release -p tessera-kernels --example bench_qmatmul [-- FILTER]`: FILTER
 //! keeps the lines whose type or shape contains it (e.g. `Q5_0`, `151936`); a second
 //! argument `ours` skips candle, `BENCH_ROWS=4` times one row count (for profiling) and
-//! `BENCH_ISA=avx2` (or `scalar`) forces an implementation.
+//! `BENCH_ISA=avx2` (or `scalar`) forces an implementation and `BENCH_SHAPE=n,k` times
+//! another shape.
 //!
 //! By default the weight matrix stays in cache between calls, which makes every kernel
 //! compute-bound. `BENCH_COLD=1` cycles through enough copies of it (256 MiB) that each call
@@ -78,10 +79,21 @@ fn main() {
         "{:<6} {:>14} {:>4} {:>10} {:>10} {:>7} {:>9}",
         "type", "[n, k]", "rows", "ours ms", "candle ms", "speedup", "vs 1 row"
     );
-    let shapes = [(4864, 896), (896, 896), (896, 4864), (151936, 896)];
+    // BENCH_SHAPE=n,k times one other shape (e.g. one that fits in L2, to see compute alone).
+    let shapes = match std::env::var("BENCH_SHAPE") {
+        Ok(shape) => {
+            let dims: Vec<usize> = shape
+                .split(',')
+                .map(|d| d.trim().parse().expect("BENCH_SHAPE is n,k"))
+                .collect();
+            assert_eq!(dims.len(), 2, "BENCH_SHAPE is n,k");
+            vec![(dims[0], dims[1])]
+        }
+        Err(_) => vec![(4864, 896), (896, 896), (896, 4864), (151936, 896)],
+    };
     let dev = Device::Cpu;
     for ty in QuantType::ALL {
-        for (n, k) in shapes {
+        for &(n, k) in &shapes {
             let label = format!("{ty:?} [{n}, {k}]");
             if !label.contains(&filter) || k % ty.block_size() != 0 || (n > 100_000 && ty != QuantType::Q8_0) {
                 continue;

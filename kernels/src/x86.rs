@@ -164,8 +164,8 @@ struct Group<const NV: usize> {
 
 // Placeholders to initialise arrays of group references (closures such as those of
 // `array::map` are not always inlined into `#[target_feature]` code, and then they are slow).
-static NO_WIDE: XGroup<8> = XGroup::ZERO;
-static NO_NARROW: XGroup<4> = XGroup::ZERO;
+static NO_WIDE: [XGroup<8>; 1] = [XGroup::ZERO];
+static NO_NARROW: [XGroup<4>; 1] = [XGroup::ZERO];
 
 macro_rules! task {
     ($name:ident, $features:literal, $sums:ident, $vnni:literal) => {
@@ -191,6 +191,19 @@ macro_rules! task {
                     let end = layout.groups().min(start + span);
                     let offset = |g: usize| g.min(layout.wide) * WB + g.saturating_sub(layout.wide) * NB;
                     let (from, to) = (offset(start), offset(end));
+                    let (wide, narrow) = (
+                        start.min(layout.wide)..end.min(layout.wide),
+                        start.max(layout.wide) - layout.wide..end.max(layout.wide) - layout.wide,
+                    );
+                    // The span's groups of each activation row, checked once here: indexing
+                    // them per group cost a pointer and a length load and a compare per row,
+                    // and loads are what a many-row tile runs short of.
+                    let mut xw = [NO_WIDE.as_ptr(); R];
+                    let mut xn = [NO_NARROW.as_ptr(); R];
+                    for ((xw, xn), row) in xw.iter_mut().zip(&mut xn).zip(tile) {
+                        *xw = row.wide[wide.clone()].as_ptr();
+                        *xn = row.narrow[narrow.clone()].as_ptr();
+                    }
                     for (j, acc) in acc.iter_mut().enumerate() {
                         let row = &weight[(first + j) * row_bytes..][..row_bytes];
                         if prefetching {
@@ -206,23 +219,27 @@ macro_rules! task {
                             prefetch(weight.get(next + from..).unwrap_or(&[]), to - from);
                         }
                         let mut a = *acc;
-                        for g in start..end.min(layout.wide) {
-                            let grp = decode_wide::<TY, WB, R, $vnni>(array(&row[g * WB..]));
-                            let mut x = [&NO_WIDE; R];
-                            for (x, row) in x.iter_mut().zip(tile) {
-                                *x = &row.wide[g];
+                        let groups = &row[wide.start * WB..wide.end * WB];
+                        for (i, grp) in groups.chunks_exact(WB.max(1)).enumerate() {
+                            let grp = decode_wide::<TY, WB, R, $vnni>(array(grp));
+                            let mut x = [&NO_WIDE[0]; R];
+                            for (x, p) in x.iter_mut().zip(xw) {
+                                // SAFETY: `i` < `wide.len()`, the length of the slice `p`
+                                // starts.
+                                *x = unsafe { &*p.add(i) };
                             }
                             let s = $sums::<TY, 8, R>(&grp, x);
                             for ((a, s), x) in a.iter_mut().zip(s).zip(x) {
                                 *a = epilogue::<TY, 8>(*a, s, &grp, x);
                             }
                         }
-                        for g in start.max(layout.wide)..end {
-                            let at = layout.wide * WB + (g - layout.wide) * NB;
-                            let grp = decode_narrow::<TY, NB, R, $vnni>(array(&row[at..]));
-                            let mut x = [&NO_NARROW; R];
-                            for (x, row) in x.iter_mut().zip(tile) {
-                                *x = &row.narrow[g - layout.wide];
+                        let groups = &row[layout.wide * WB + narrow.start * NB..layout.wide * WB + narrow.end * NB];
+                        for (i, grp) in groups.chunks_exact(NB.max(1)).enumerate() {
+                            let grp = decode_narrow::<TY, NB, R, $vnni>(array(grp));
+                            let mut x = [&NO_NARROW[0]; R];
+                            for (x, p) in x.iter_mut().zip(xn) {
+                                // SAFETY: `i` < `narrow.len()`, as above.
+                                *x = unsafe { &*p.add(i) };
                             }
                             let s = $sums::<TY, 4, R>(&grp, x);
                             for ((a, s), x) in a.iter_mut().zip(s).zip(x) {

@@ -21,8 +21,9 @@ fn simd_paths_equal_the_portable_path_bit_for_bit() {
         for (i, &k) in ks.iter().enumerate() {
             let n = 21 + 2 * i;
             let w = Weight::random(ty, n, k, 40 + i as u64);
-            // Tiles of up to 8 rows: one, several, and a partial last one.
-            for rows in [1, 3, 8, 9, 17] {
+            // Tiles of up to 8 rows: one, several (3, 4 and 6 as beams make them), and a
+            // partial last one.
+            for rows in [1, 3, 4, 8, 9, 14, 17] {
                 let x = random_values(rows * k, 90 + rows as u64);
                 let run = |isa| {
                     let mut y = vec![f32::NAN; rows * n];
