@@ -15,7 +15,10 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// `e^x` for finite or infinite `x`; 0 below -87 (masked attention scores are -inf).
 #[inline(always)]
 pub fn exp(input: f32) -> f32 {
-    let x = input.clamp(-87.0, 88.0);
+    // `max` and `min` return the other operand for a NaN (`clamp` would keep it), so `x`
+    // is a number and `n` below converts without checks; a NaN input still gives NaN.
+    #[allow(clippy::manual_clamp)]
+    let x = input.max(-87.0).min(88.0);
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
@@ -25,8 +28,18 @@ pub fn exp(input: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let e = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if input < -87.0 { 0.0 } else { e }
+    // SAFETY: `x` is clamped to [-87, 88], so `n` is a whole number in [-126, 127].
+    // (`n as i32`, which saturates, compiled to a scalar conversion and two compares per
+    // lane: five cycles per exponential instead of a fraction of one.)
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    let e = y * f32::from_bits(((n + 127) as u32) << 23);
+    if input < -87.0 {
+        0.0
+    } else if input.is_nan() {
+        input
+    } else {
+        e
+    }
 }
 
 /// `erf(x)` (Abramowitz & Stegun 7.1.26; absolute error below 1e-6 in f32).
@@ -202,6 +215,13 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(0.0), 1.0);
+        // Beyond the range: a NaN stays NaN, large inputs saturate as before.
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(f32::INFINITY), exp(88.0));
+        assert_eq!(exp(1000.0), exp(88.0));
+        let mut row = [0.5, f32::NAN, -1.0];
+        softmax_row(&mut row);
+        assert!(row.iter().all(|v| v.is_nan()), "a NaN score poisons its row: {row:?}");
     }
 
     #[test]
