@@ -48,8 +48,12 @@ const fn has_min(ty: u8) -> bool {
 /// its activations from L2 again: 8 rows of k = 4864 cost twice 8 rows of k = 896.
 const L1_ACTIVATIONS: usize = 16 << 10;
 
-/// Weight rows that go by a span of activations before the next span is loaded.
-const ROW_BLOCK: usize = 16;
+/// Weight rows that go by a span of activations before the next span is loaded (only long
+/// rows are cut into spans). Small: the next block's span is then prefetched shortly before
+/// it is needed. A down projection (k = 4864) of 3 rows took 0.098 instead of 0.120 ms
+/// with 4 rows a block rather than 16 (Q4_K, weights from memory, medians of 6); 1-row and
+/// 8-row products were unchanged.
+const ROW_BLOCK: usize = 4;
 
 /// How far ahead (in weight rows) the weights are prefetched into L2, when the activations
 /// overflow [`L1_ACTIVATIONS`]: then (3 or more rows of k = 4864) the hardware prefetchers
