@@ -42,6 +42,16 @@ enum Command {
     Search(vision::SearchArgs),
 }
 
+/// `--log`, with symphonia silenced unless named: it logs its format probe's failures at
+/// ERROR level ("probe reached EOF") for input that our own error then explains.
+fn default_log_filter(log: &str) -> String {
+    if log.contains("symphonia") {
+        log.to_string()
+    } else {
+        format!("{log},symphonia=off")
+    }
+}
+
 fn main() -> ExitCode {
     tessera_models::allocator::keep_freed_buffers();
     let cli = match Cli::try_parse() {
@@ -56,7 +66,7 @@ fn main() -> ExitCode {
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter(&cli.log)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_audio::transcribe::output::{Format, render};
 use tessera_audio::transcribe::{Observer, Segment, Task, TranscribeOptions, transcribe};
-use tessera_audio::{MelSpectrogram, load_audio_with_progress};
+use tessera_audio::{IN_MEMORY_SAMPLES, MelSpectrogram, Spectrogram};
 use tessera_models::loader::{locate, parse_device};
 use tessera_models::whisper::Whisper;
 
@@ -59,6 +59,18 @@ pub struct TranscribeArgs {
     /// Do not condition each window on the text before it.
     #[arg(long)]
     no_condition_on_previous_text: bool,
+    /// Retry a window hotter when its text's gzip compression ratio is above this (too
+    /// repetitive); a negative value disables the test.
+    #[arg(long, default_value_t = 2.4, allow_negative_numbers = true)]
+    compression_ratio_threshold: f32,
+    /// Retry a window hotter when its mean token log-probability is below this; -inf or
+    /// below -100 disables the test.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    logprob_threshold: f32,
+    /// A window whose no-speech probability is above this and whose mean log-probability
+    /// fails `--logprob-threshold` is silence: skipped. A negative value disables it.
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
+    no_speech_threshold: f32,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -126,6 +138,10 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         condition_on_previous_text: !args.no_condition_on_previous_text,
         initial_prompt: args.initial_prompt.clone(),
         word_timestamps: args.word_timestamps,
+        compression_ratio_threshold: (args.compression_ratio_threshold >= 0.0)
+            .then_some(args.compression_ratio_threshold),
+        logprob_threshold: (args.logprob_threshold > -100.0).then_some(args.logprob_threshold),
+        no_speech_threshold: (args.no_speech_threshold >= 0.0).then_some(args.no_speech_threshold),
         ..TranscribeOptions::default()
     };
     if let Some(dir) = &args.output_dir {
@@ -171,15 +187,17 @@ fn transcribe_file(
         );
         bar
     });
-    let samples = load_audio_with_progress(path, |p| {
+    let mut spectrogram = Spectrogram::open(mel, path, IN_MEMORY_SAMPLES, |p| {
+        // Until transcription starts, the bar shows the reading (a first pass over a long
+        // file): an empty bar would draw as 100%.
         if let (Some(bar), Some(f)) = (&bar, p.fraction()) {
-            bar.set_message(format!("decoding {:.0}%", f * 100.0));
+            bar.set_length(1000);
+            bar.set_position((f * 1000.0) as u64);
+            bar.set_message("reading");
         }
     })?;
-    let spectrogram = mel.compute_padded(&samples);
-    drop(samples);
     let mut observer = Bar(bar);
-    let transcript = transcribe(model, &spectrogram, options, &mut observer)
+    let transcript = transcribe(model, &mut spectrogram, options, &mut observer)
         .with_context(|| format!("{}: transcription failed", path.display()))?;
     if let Some(bar) = &observer.0 {
         bar.finish_and_clear();

@@ -10,6 +10,8 @@
 //! - [`mel`]: the STFT and log-mel spectrogram ([`MelSpectrogram`], [`Mel`]), 30 s windows
 //!   and padding as Whisper pads.
 //! - [`filters`]: the mel filter banks (librosa's Slaney banks, computed).
+//! - [`spectrogram`]: a file's spectrogram read window by window ([`MelSource`]), whole
+//!   in memory for short files, streamed in two passes for long ones ([`MelStream`]).
 //! - [`transcribe`]: Whisper transcription on the shared engine (window decoding with
 //!   the reference's logit filters, beam search and temperature fallback, long-form seeking,
 //!   word timestamps, output formats).
@@ -30,11 +32,13 @@ pub mod filters;
 pub mod mel;
 mod mp4;
 mod resample;
+pub mod spectrogram;
 pub mod transcribe;
 
 pub use decode::{AudioStream, Progress, STREAM_CHUNK, SourceInfo, load_audio, load_audio_with_progress};
 pub use error::{Error, Result};
 pub use mel::{Mel, MelSpectrogram, pad_or_trim};
+pub use spectrogram::{IN_MEMORY_SAMPLES, MelSource, MelStream, Spectrogram};
 
 /// Whisper's sample rate: everything is resampled to 16 kHz.
 pub const SAMPLE_RATE: u32 = 16_000;

@@ -160,10 +160,7 @@ impl MelSpectrogram {
     /// torch refuses to reflect-pad a signal of 200 samples or fewer; here such a signal is
     /// reflected as often as needed instead, and an empty one gives zero frames.
     pub fn compute_with_padding(&self, samples: &[f32], padding: usize) -> Mel {
-        let signal = Signal {
-            samples,
-            len: samples.len() + padding,
-        };
+        let signal = Signal::whole(samples, samples.len() + padding);
         let n_frames = signal.len / HOP_LENGTH;
         let n_mels = self.n_mels;
         let mut data = vec![0f32; n_mels * n_frames];
@@ -172,14 +169,7 @@ impl MelSpectrogram {
         for start in (0..n_frames).step_by(BLOCK) {
             let count = BLOCK.min(n_frames - start);
             let block = &mut block[..count * n_mels];
-            let block_max = block
-                .par_chunks_mut(n_mels)
-                .enumerate()
-                .map_init(
-                    || Scratch::new(&*self.fft),
-                    |scratch, (i, out)| self.frame(&signal, start + i, scratch, out),
-                )
-                .reduce(|| f32::NEG_INFINITY, f32::max);
+            let block_max = self.frames(&signal, start, block);
             max = max.max(block_max);
             // Scatter the frame-major block into the row-major spectrogram.
             data.par_chunks_mut(n_frames).enumerate().for_each(|(m, row)| {
@@ -196,6 +186,19 @@ impl MelSpectrogram {
             content_frames: n_frames.saturating_sub(padding / HOP_LENGTH),
             data,
         }
+    }
+
+    /// Frames `start .. start + count` of `signal`, frame-major into `out`
+    /// (`count * n_mels` values of `log10(max(mel power, 1e-10))`), in parallel; returns
+    /// their maximum.
+    pub(crate) fn frames(&self, signal: &Signal<'_>, start: usize, out: &mut [f32]) -> f32 {
+        out.par_chunks_mut(self.n_mels)
+            .enumerate()
+            .map_init(
+                || Scratch::new(&*self.fft),
+                |scratch, (i, out)| self.frame(signal, start + i, scratch, out),
+            )
+            .reduce(|| f32::NEG_INFINITY, f32::max)
     }
 
     /// `log10(max(mel power, 1e-10))` of frame `t` into `out`; returns the frame's maximum.
@@ -232,15 +235,35 @@ fn hann_window() -> Vec<f64> {
 
 /// The samples, `len - samples.len()` zeros after them, reflect-padded by `N_FFT / 2` on
 /// each side as `torch.stft(center=True)` pads.
-struct Signal<'a> {
-    samples: &'a [f32],
-    len: usize,
+///
+/// A streamed signal holds only a stretch of its samples: `samples` starts at index
+/// `offset` of the audio, and `head` keeps the audio's first samples, which the frames at
+/// the start reflect.
+pub(crate) struct Signal<'a> {
+    pub samples: &'a [f32],
+    pub offset: usize,
+    pub head: &'a [f32],
+    pub len: usize,
 }
 
-impl Signal<'_> {
+impl<'a> Signal<'a> {
+    /// All of `samples`, followed by `len - samples.len()` zeros.
+    pub fn whole(samples: &'a [f32], len: usize) -> Self {
+        Signal {
+            samples,
+            offset: 0,
+            head: samples,
+            len,
+        }
+    }
+
     /// The sample at `i` of the unpadded signal (zero in the virtual padding).
     fn at(&self, i: usize) -> f64 {
-        self.samples.get(i).map_or(0.0, |&x| x as f64)
+        let x = match i.checked_sub(self.offset) {
+            Some(j) => self.samples.get(j),
+            None => self.head.get(i),
+        };
+        x.map_or(0.0, |&x| x as f64)
     }
 
     /// The `N_FFT` samples of the reflect-padded signal starting at `start`, where index 0
@@ -318,10 +341,7 @@ mod tests {
     #[test]
     fn reflect_padding_matches_torch_indices() {
         let samples: Vec<f32> = (0..1000).map(|i| i as f32).collect();
-        let signal = Signal {
-            samples: &samples,
-            len: 1000,
-        };
+        let signal = Signal::whole(&samples, 1000);
         let mut out = vec![0.0; N_FFT];
         signal.frame(0, &mut out);
         // Padded index 0 is signal index -200, reflected to 200; index 200 is sample 0.
@@ -333,10 +353,7 @@ mod tests {
             (760.0, 999.0, 998.0, 997.0, 839.0)
         );
         // Virtual zero padding is reflected like any sample.
-        let padded = Signal {
-            samples: &samples,
-            len: 2000,
-        };
+        let padded = Signal::whole(&samples, 2000);
         padded.frame(1900, &mut out);
         assert_eq!((out[0], out[299], out[300], out[399]), (0.0, 0.0, 0.0, 0.0));
         padded.frame(1000, &mut out);

@@ -5,4 +5,5 @@ mod complete;
 mod generate;
 mod lsp;
 mod transcribe;
+mod transcribe_long;
 mod vision;

@@ -1,6 +1,8 @@
-//! `tessera transcribe` with the fetched Whisper models on real speech (the JFK clip):
-//! every output format, language detection, long-form audio across windows, word
-//! timestamps, and one clear error (exit code 2) for each kind of bad input.
+//! `tessera transcribe` with the fetched Whisper models on real speech (the JFK clip,
+//! espeak-ng German): every output format, language detection and translation, prompts,
+//! no-speech windows, long-form audio across windows, word timestamps, `--model` as a
+//! directory or a Hugging Face repo id, several files, the progress bar on a terminal, and
+//! one clear error (exit code 2) for each kind of bad input.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -15,19 +17,28 @@ fn tessera_home() -> PathBuf {
     }
 }
 
-fn jfk(ext: &str) -> PathBuf {
+pub(crate) fn jfk(ext: &str) -> PathBuf {
     let p = tessera_home().join(format!("data/jfk.{ext}"));
     assert!(p.is_file(), "{} is missing: run scripts/fetch-models", p.display());
     p
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .env_remove("RUST_LOG")
-        .env("HF_HUB_OFFLINE", "1")
-        .args(args)
-        .output()
-        .expect("tessera runs")
+    run_with_env(args, &[])
+}
+
+/// [`run`] with extra environment variables (an empty value removes the variable).
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.env_remove("RUST_LOG").env("HF_HUB_OFFLINE", "1").args(args);
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    cmd.output().expect("tessera runs")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -232,8 +243,16 @@ fn base_detects_english_and_word_timestamps_are_ordered() {
 
 /// A 16-bit mono WAV of `samples` at 16 kHz.
 fn wav_bytes(samples: &[i16]) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
-    let mut out = Vec::with_capacity(44 + data_len as usize);
+    let mut out = wav_header((samples.len() * 2) as u32);
+    for s in samples {
+        out.extend(s.to_le_bytes());
+    }
+    out
+}
+
+/// The header of a 16-bit mono WAV at 16 kHz with `data_len` bytes of samples.
+pub(crate) fn wav_header(data_len: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(44);
     out.extend(b"RIFF");
     out.extend((36 + data_len).to_le_bytes());
     out.extend(b"WAVEfmt ");
@@ -246,9 +265,6 @@ fn wav_bytes(samples: &[i16]) -> Vec<u8> {
     out.extend(16u16.to_le_bytes());
     out.extend(b"data");
     out.extend(data_len.to_le_bytes());
-    for s in samples {
-        out.extend(s.to_le_bytes());
-    }
     out
 }
 
@@ -296,12 +312,20 @@ fn long_audio_is_transcribed_window_after_window() {
         "{json}"
     );
     let segments = json["segments"].as_array().unwrap();
-    // Each copy starts a segment within a second of where it starts in the audio.
-    let segment_starts: Vec<f64> = segments.iter().map(|s| s["start"].as_f64().unwrap()).collect();
+    // Each copy starts a segment within a second of where it starts in the audio, and that
+    // segment's text is the beginning of the speech: the windows and timestamps line up
+    // with the audio, not just the text with itself.
+    let opening = "and so my fellow americans";
+    let starts_seen: Vec<(f64, String)> = segments
+        .iter()
+        .map(|s| (s["start"].as_f64().unwrap(), words(s["text"].as_str().unwrap())))
+        .collect();
     for start in starts {
         assert!(
-            segment_starts.iter().any(|s| (s - start).abs() <= 1.0),
-            "no segment starts near {start}: {segment_starts:?}"
+            starts_seen
+                .iter()
+                .any(|(s, text)| (s - start).abs() <= 1.0 && text.starts_with(opening)),
+            "no segment starting with {opening:?} starts within 1 s of {start}: {starts_seen:?}"
         );
     }
     for pair in segments.windows(2) {
@@ -389,4 +413,246 @@ fn bad_input_is_one_clear_error() {
         }
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// A committed fixture of the audio crate.
+fn audio_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("audio/tests/fixtures")
+        .join(name)
+}
+
+fn json_of(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).expect("json output")
+}
+
+#[test]
+fn base_detects_german_and_translates_it_into_english() {
+    // Three German sentences by espeak-ng (see audio/tests/fixtures/README.md).
+    let german = audio_fixture("german.ogg");
+    let german = german.to_str().unwrap();
+    let transcribed = json_of(&["transcribe", "--model", "whisper-base", "--format", "json", german]);
+    assert_eq!(transcribed["language"], "de", "{transcribed}");
+    let text = words(transcribed["text"].as_str().unwrap());
+    for w in ["guten morgen", "heute sehr schön", "in den park", "kaffee mit milch"] {
+        assert!(text.contains(w), "{w:?} not in {text:?}");
+    }
+    // Measured: "Good morning, the weather is very nice today and we're going to the park.
+    // My master thinks of coffee with milk." (the same as faster-whisper's).
+    let translated = json_of(&[
+        "transcribe",
+        "--model",
+        "whisper-base",
+        "--format",
+        "json",
+        "--task",
+        "translate",
+        german,
+    ]);
+    assert_eq!(translated["language"], "de", "{translated}");
+    let english = words(translated["text"].as_str().unwrap());
+    for w in ["good morning", "the weather", "today", "the park", "coffee with milk"] {
+        assert!(english.contains(w), "{w:?} not in {english:?}");
+    }
+    for w in ["guten", "morgen", "wetter", "heute", "milch"] {
+        assert!(!english.split(' ').any(|x| x == w), "German {w:?} in {english:?}");
+    }
+}
+
+#[test]
+fn a_lowercase_unpunctuated_prompt_gives_lowercase_unpunctuated_text() {
+    // Classic Whisper: the prompt sets the style. Nothing of JFK's text is in it.
+    let wav = jfk("wav");
+    let wav = wav.to_str().unwrap();
+    let plain = ok(&["transcribe", wav]);
+    let prompted = ok(&[
+        "transcribe",
+        "--initial-prompt",
+        "hello everyone welcome back to the show today we talk about politics and history",
+        wav,
+    ]);
+    // Measured with tiny.en: "And so, my fellow Americans ask not what your country can
+    // do for you / ask what you can do for your country." and, prompted, "and so my fellow
+    // Americans ask not what your country can do for you ask what you can do for your
+    // country".
+    assert_eq!(words(&plain), words(JFK), "{plain}");
+    assert_eq!(words(&prompted), words(JFK), "{prompted}");
+    assert!(plain.trim_start().starts_with("And") && plain.contains('.'), "{plain}");
+    assert!(prompted.trim_start().starts_with("and "), "{prompted}");
+    assert!(!prompted.contains(['.', ',']), "{prompted}");
+}
+
+/// `seconds` of white noise at 16 kHz, uniform in ±0.2 of full scale (about -19 dBFS RMS),
+/// from a fixed xorshift seed.
+fn white_noise(seconds: usize) -> Vec<i16> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..seconds * 16_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let uniform = (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+            (uniform * 0.2 * 32767.0) as i16
+        })
+        .collect()
+}
+
+#[test]
+fn noise_is_no_speech_and_skipped_unless_the_test_is_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("noise.wav");
+    std::fs::write(&path, wav_bytes(&white_noise(10))).unwrap();
+    let path = path.to_str().unwrap();
+    // Default thresholds: tiny.en's no-speech probability for this window is 0.94 and no
+    // decode reaches a mean log-probability of -1, so the window is skipped.
+    let json = json_of(&["transcribe", "--format", "json", "--beam-size", "1", path]);
+    assert_eq!(json["segments"].as_array().unwrap().len(), 0, "{json}");
+    assert_eq!(json["text"], "", "{json}");
+    // Without the no-speech test the same window is decoded into (garbage) segments, and
+    // they carry the probability that skipped it above.
+    let json = json_of(&[
+        "transcribe",
+        "--format",
+        "json",
+        "--beam-size",
+        "1",
+        "--no-speech-threshold",
+        "-1",
+        path,
+    ]);
+    let segments = json["segments"].as_array().unwrap();
+    assert!(!segments.is_empty(), "{json}");
+    for s in segments {
+        assert!(s["no_speech_prob"].as_f64().unwrap() > 0.6, "{s}");
+    }
+}
+
+/// Builds a Hugging Face hub cache under `root` holding `repo` (`owner/name`) at one
+/// revision, its files linked as the hub links them (snapshot -> blob) to `files`.
+fn hub_cache(root: &std::path::Path, repo: &str, files: &std::path::Path) {
+    let repo_dir = root.join(format!("models--{}", repo.replace('/', "--")));
+    let revision = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo_dir.join("snapshots").join(revision);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), revision).unwrap();
+    for entry in std::fs::read_dir(files).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".sha256") {
+            continue;
+        }
+        let blob = repo_dir.join("blobs").join(format!("blob-{name}"));
+        std::os::unix::fs::symlink(entry.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/blob-{name}"), snapshot.join(&name)).unwrap();
+    }
+}
+
+#[test]
+fn model_as_a_ct2_directory_or_a_hub_repo_id_from_an_offline_cache() {
+    let wav = jfk("wav");
+    let wav = wav.to_str().unwrap();
+    let fetched = tessera_home().join("models/whisper-tiny.en");
+    let text = ok(&[
+        "transcribe",
+        "--model",
+        fetched.to_str().unwrap(),
+        "--beam-size",
+        "1",
+        wav,
+    ]);
+    assert_eq!(words(&text), words(JFK), "{text}");
+
+    // faster-whisper's repo layout (config.json, model.bin, tokenizer.json, vocabulary.*),
+    // found through HF_HUB_CACHE, then through HF_HOME (its `hub/`), never downloaded.
+    let repo = "Systran/faster-whisper-tiny.en";
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("hub");
+    hub_cache(&cache, repo, &fetched);
+    let args = ["transcribe", "--model", repo, "--beam-size", "1", wav];
+    for env in [
+        [("HF_HUB_CACHE", cache.to_str().unwrap()), ("HF_HOME", "/nonexistent")],
+        [("HF_HUB_CACHE", ""), ("HF_HOME", home.path().to_str().unwrap())],
+    ] {
+        let o = run_with_env(&args, &env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{env:?}: {err}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(words(&text), words(JFK), "{env:?}: {text}");
+    }
+
+    // A repo the offline cache lacks: one clear error, no download attempted.
+    let o = run_with_env(
+        &["transcribe", "--model", "Systran/faster-whisper-base", wav],
+        &[("HF_HUB_CACHE", cache.to_str().unwrap())],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("Systran/faster-whisper-base") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_file_among_several_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.wav");
+    std::fs::write(&bad, "these are not samples\n").unwrap();
+    let good = jfk("wav");
+    let (good, bad) = (good.to_str().unwrap(), bad.to_str().unwrap());
+    // Either order: a failure neither stops the files after it nor loses those before.
+    for files in [[good, bad], [bad, good]] {
+        let o = run(&["transcribe", "--beam-size", "1", files[0], files[1]]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(2), "{files:?}: {err}");
+        assert_eq!(words(&text), words(JFK), "{files:?}: {text}");
+        assert!(
+            err.contains(&format!("{bad}: not a recognised audio file")),
+            "{files:?}: {err}"
+        );
+        assert!(err.contains("1 of 2 files failed"), "{files:?}: {err}");
+        assert!(!err.contains(good), "{files:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn the_progress_bar_is_drawn_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.txt");
+    let wav = jfk("wav");
+    let quote = |p: &std::path::Path| format!("'{}'", p.display());
+    // util-linux's `script` gives the command a pseudo-terminal; stdout goes to a file,
+    // so what `script` prints is the command's stderr, as a user's terminal shows it.
+    let command = format!(
+        "{} transcribe --beam-size 1 {} > {}",
+        quote(std::path::Path::new(env!("CARGO_BIN_EXE_tessera"))),
+        quote(&wav),
+        quote(&out)
+    );
+    let o = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("util-linux `script` is installed (it gives the test a terminal)");
+    let terminal = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{terminal} {}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(words(&text), words(JFK), "{text}");
+    // The bar: the file name, the bar's blocks and a percentage, redrawn in place.
+    assert!(terminal.contains("jfk.wav "), "{terminal:?}");
+    assert!(terminal.contains(['█', '░']) && terminal.contains('%'), "{terminal:?}");
+    assert!(terminal.contains('\r'), "{terminal:?}");
+    assert!(!text.contains(['█', '░', '\r']), "{text:?}");
+
+    // No terminal: stderr carries no bar and no terminal control codes.
+    let o = run(&["transcribe", "--beam-size", "1", wav.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains(['█', '░', '\r', '\u{1b}']), "{err:?}");
+    assert!(!err.contains("jfk.wav"), "{err:?}");
 }

@@ -676,6 +676,89 @@ mod tests {
         assert_eq!(finished[0].tokens, vec![7, 1]);
     }
 
+    /// A tiny random-weight Whisper of the models crate's fixtures: `tiny` is multilingual
+    /// (en, de, fr), `tiny-128` English-only; both have a text context of 64.
+    fn fixture_model(name: &str) -> Whisper {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/tests/fixtures/whisper")
+            .join(name);
+        Whisper::load(&dir, &candle_core::Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    }
+
+    // The fixtures' token ids, as their tokenizer.json lists them (the same order as the
+    // real vocabularies): asserted literally, not read back through `special()`.
+    const SOT: u32 = 257;
+    const DE: u32 = 259;
+    const TRANSLATE: u32 = 261;
+    const TRANSCRIBE: u32 = 262;
+    const SOT_PREV: u32 = 264;
+    const NO_TIMESTAMPS: u32 = 266;
+
+    #[test]
+    fn initial_tokens_follow_openai_order_for_a_multilingual_model() {
+        let model = fixture_model("tiny");
+        assert_eq!(model.config().n_text_ctx, 64);
+        let options = |task, prompt: Vec<u32>, without_timestamps| WindowOptions {
+            task,
+            language: Some(DE),
+            prompt,
+            without_timestamps,
+            ..WindowOptions::default()
+        };
+        // No prompt: the sot sequence alone, sot first.
+        let (tokens, sot) = initial_tokens(&model, &options(Task::Transcribe, vec![], false)).unwrap();
+        assert_eq!((tokens, sot), (vec![SOT, DE, TRANSCRIBE], 0));
+        let (tokens, sot) = initial_tokens(&model, &options(Task::Translate, vec![], true)).unwrap();
+        assert_eq!((tokens, sot), (vec![SOT, DE, TRANSLATE, NO_TIMESTAMPS], 0));
+        // A short prompt goes whole after sot_prev, before the sot sequence.
+        let (tokens, sot) = initial_tokens(&model, &options(Task::Transcribe, vec![10, 11, 12], true)).unwrap();
+        assert_eq!(
+            (tokens, sot),
+            (vec![SOT_PREV, 10, 11, 12, SOT, DE, TRANSCRIBE, NO_TIMESTAMPS], 4)
+        );
+        // A long one keeps its last n_text_ctx / 2 - 1 = 31 tokens (openai's
+        // `prompt_tokens[-(n_ctx // 2 - 1):]`): tokens 9..40 of 0..40.
+        let prompt: Vec<u32> = (0..40).collect();
+        let (tokens, sot) = initial_tokens(&model, &options(Task::Translate, prompt, false)).unwrap();
+        let mut want = vec![SOT_PREV];
+        want.extend(9..40);
+        want.extend([SOT, DE, TRANSLATE]);
+        assert_eq!((tokens, sot), (want, 32));
+        // Exactly 31 tokens: nothing is cut.
+        let prompt: Vec<u32> = (100..131).collect();
+        let (tokens, _) = initial_tokens(&model, &options(Task::Transcribe, prompt.clone(), false)).unwrap();
+        assert_eq!(tokens[1..32], prompt[..]);
+        assert_eq!(tokens[32], SOT);
+        // A multilingual model needs its language.
+        let no_language = WindowOptions {
+            language: None,
+            ..options(Task::Transcribe, vec![], false)
+        };
+        assert!(initial_tokens(&model, &no_language).is_err());
+    }
+
+    #[test]
+    fn initial_tokens_of_an_english_only_model_have_no_language_or_task() {
+        let model = fixture_model("tiny-128");
+        assert!(!model.special().is_multilingual);
+        let opts = |task, prompt: Vec<u32>, without_timestamps| WindowOptions {
+            task,
+            prompt,
+            without_timestamps,
+            ..WindowOptions::default()
+        };
+        assert_eq!(
+            initial_tokens(&model, &opts(Task::Transcribe, vec![], false)).unwrap(),
+            (vec![SOT], 0)
+        );
+        assert_eq!(
+            initial_tokens(&model, &opts(Task::Transcribe, vec![7, 8], true)).unwrap(),
+            (vec![SOT_PREV, 7, 8, SOT, NO_TIMESTAMPS], 3)
+        );
+        let err = initial_tokens(&model, &opts(Task::Translate, vec![], false)).unwrap_err();
+        assert!(err.to_string().contains("English-only"), "{err}");
+    }
+
     #[test]
     fn identical_beams_propose_each_sequence_once() {
         let logits = vec![vec![1.0, 2.0, 3.0, 0.0]; 3];

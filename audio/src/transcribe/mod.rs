@@ -1,5 +1,6 @@
 //! Long-form transcription as openai/whisper's `transcribe.py` does it: the spectrogram of
-//! the whole file (padded with 30 s of silence) is decoded in 30-second windows; each
+//! the whole file (padded with 30 s of silence; whole in memory or streamed, see
+//! [`crate::spectrogram`]) is decoded in 30-second windows; each
 //! window is decoded with temperature fallback (0, 0.2, … 1.0 while the text is too
 //! repetitive or too unlikely), skipped when it holds no speech, cut into segments at its
 //! timestamp tokens, and the next window starts at the last complete segment's end. The
@@ -13,8 +14,8 @@ use candle_core::Tensor;
 use serde::Serialize;
 use tessera_models::whisper::Whisper;
 
-use crate::mel::Mel;
-use crate::{Error, HOP_LENGTH, N_FRAMES, Result, SAMPLE_RATE};
+use crate::spectrogram::MelSource;
+use crate::{Error, FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, Result, SAMPLE_RATE};
 pub use decoding::{TIME_PRECISION, Task, WindowOptions, WindowResult, compression_ratio, detect_language};
 
 /// Settings of a transcription (openai's `transcribe` arguments and CLI defaults).
@@ -130,29 +131,68 @@ fn decode_with_fallback(
             text = %r.text,
             "window decoded"
         );
-        let mut needs_fallback = false;
-        if options
-            .compression_ratio_threshold
-            .is_some_and(|th| r.compression_ratio > th)
-        {
-            needs_fallback = true;
-        }
-        if options.logprob_threshold.is_some_and(|th| r.avg_logprob < th) {
-            needs_fallback = true;
-        }
-        if options.no_speech_threshold.is_some_and(|th| r.no_speech_prob > th)
-            && options.logprob_threshold.is_some_and(|th| r.avg_logprob < th)
-        {
-            // Silence: no point in trying hotter.
-            needs_fallback = false;
-        }
-        if !needs_fallback {
+        if !needs_fallback(&r, options) {
             return Ok(r);
         }
         attempts.push(r);
     }
     best_failed_attempt(attempts, options.compression_ratio_threshold)
         .ok_or_else(|| Error::InvalidInput("no temperatures to decode with".into()))
+}
+
+/// Whether a window's decode fails openai's tests and is tried again hotter: its text is
+/// too repetitive (gzip compression ratio above the threshold) or too unlikely (mean
+/// log-probability below it), unless it is also likely silence (no-speech probability
+/// above its threshold), where a hotter decode would only make text up.
+fn needs_fallback(r: &WindowResult, options: &TranscribeOptions) -> bool {
+    let repetitive = options
+        .compression_ratio_threshold
+        .is_some_and(|th| r.compression_ratio > th);
+    let unlikely = options.logprob_threshold.is_some_and(|th| r.avg_logprob < th);
+    let silence = unlikely && options.no_speech_threshold.is_some_and(|th| r.no_speech_prob > th);
+    (repetitive || unlikely) && !silence
+}
+
+/// Whether a decoded window is silence, to be skipped: the model's no-speech probability
+/// is above its threshold and the text it found anyway fails the log-probability test
+/// (openai's rule; confident text overrides the no-speech token).
+fn is_no_speech(r: &WindowResult, options: &TranscribeOptions) -> bool {
+    let Some(th) = options.no_speech_threshold else {
+        return false;
+    };
+    r.no_speech_prob > th && !options.logprob_threshold.is_some_and(|lp| r.avg_logprob > lp)
+}
+
+/// The text each window is conditioned on: what was transcribed since the last reset,
+/// after the `--initial-prompt`. A window decoded hotter than 0.5 (its text is unreliable)
+/// or `condition_on_previous_text = false` starts the history afresh after that window.
+#[derive(Debug, Default)]
+struct PromptHistory {
+    tokens: Vec<u32>,
+    reset_since: usize,
+}
+
+impl PromptHistory {
+    fn new(initial_prompt: Vec<u32>) -> Self {
+        PromptHistory {
+            tokens: initial_prompt,
+            reset_since: 0,
+        }
+    }
+
+    /// The next window's prompt (its last tokens are kept when it is too long, see
+    /// [`decoding::initial_tokens`]).
+    fn prompt(&self) -> &[u32] {
+        &self.tokens[self.reset_since..]
+    }
+
+    /// Adds a window's segments' tokens, decoded at `temperature`.
+    fn push(&mut self, tokens: &[u32], temperature: f32, condition_on_previous_text: bool) {
+        self.tokens.extend_from_slice(tokens);
+        if !condition_on_previous_text || temperature > 0.5 {
+            self.reset_since = self.tokens.len();
+        }
+    }
 }
 
 /// The attempt to keep when all failed (see [`decode_with_fallback`]).
@@ -169,7 +209,11 @@ fn best_failed_attempt(attempts: Vec<WindowResult>, compression_threshold: Optio
 }
 
 /// The language token for `code`, or the detected one.
-fn choose_language(model: &Whisper, mel: &Mel, options: &TranscribeOptions) -> Result<(String, Option<u32>)> {
+fn choose_language(
+    model: &Whisper,
+    mel: &mut dyn MelSource,
+    options: &TranscribeOptions,
+) -> Result<(String, Option<u32>)> {
     let special = model.special();
     if !special.is_multilingual {
         if let Some(code) = &options.language
@@ -198,29 +242,28 @@ fn choose_language(model: &Whisper, mel: &Mel, options: &TranscribeOptions) -> R
             }
         }
         None => {
-            let features = encode(model, mel, 0, N_FRAMES)?;
+            let window = mel.segment(0, N_FRAMES, N_FRAMES)?;
+            let features = encode(model, window, mel.n_mels())?;
             let (code, id, _) = detect_language(model, &features, 0)?;
             Ok((code, Some(id)))
         }
     }
 }
 
-/// Encodes frames `start .. start + size` of `mel`, zero-padded to 30 s.
-fn encode(model: &Whisper, mel: &Mel, start: usize, size: usize) -> Result<tessera_models::whisper::AudioFeatures> {
-    let window = mel.segment(start, size, N_FRAMES);
-    let input =
-        Tensor::from_vec(window, (1, mel.n_mels, N_FRAMES), model.device()).map_err(|e| Error::Model(e.into()))?;
+/// Encodes a 30 s window of the spectrogram (`[n_mels][N_FRAMES]`).
+fn encode(model: &Whisper, window: Vec<f32>, n_mels: usize) -> Result<tessera_models::whisper::AudioFeatures> {
+    let input = Tensor::from_vec(window, (1, n_mels, N_FRAMES), model.device()).map_err(|e| Error::Model(e.into()))?;
     model.encode(&input).map_err(Error::Model)
 }
 
-/// Whether frames `start .. start + len` carry no energy above the spectrogram's floor
-/// (the clamp at 8 below its maximum, or log10 of 1e-10 for digital silence).
-fn is_silent(mel: &Mel, floor: f32, start: usize, len: usize) -> bool {
+/// Whether the first `len` frames of a window (`[n_mels][N_FRAMES]`) carry no energy above
+/// the spectrogram's floor (the clamp at 8 below its maximum, or log10 of 1e-10 for
+/// digital silence).
+fn is_silent(window: &[f32], floor: f32, len: usize) -> bool {
     const MARGIN: f32 = 0.05;
-    let end = (start + len).min(mel.n_frames);
-    mel.data
-        .chunks_exact(mel.n_frames.max(1))
-        .all(|row| row[start.min(end)..end].iter().all(|&v| v <= floor + MARGIN))
+    window
+        .chunks_exact(N_FRAMES)
+        .all(|row| row[..len.min(N_FRAMES)].iter().all(|&v| v <= floor + MARGIN))
 }
 
 /// What a caller sees while a transcription runs.
@@ -233,21 +276,22 @@ pub trait Observer {
 
 impl Observer for () {}
 
-/// Transcribes a padded spectrogram ([`crate::MelSpectrogram::compute_padded`]).
+/// Transcribes a padded spectrogram ([`crate::MelSpectrogram::compute_padded`] as `&Mel`,
+/// or a [`crate::spectrogram::Spectrogram`] of a file).
 pub fn transcribe(
     model: &Whisper,
-    mel: &Mel,
+    mel: &mut dyn MelSource,
     options: &TranscribeOptions,
     observer: &mut dyn Observer,
 ) -> Result<Transcript> {
-    if mel.n_mels != model.config().n_mels {
+    if mel.n_mels() != model.config().n_mels {
         return Err(Error::InvalidInput(format!(
             "the spectrogram has {} mel bins but the model expects {}",
-            mel.n_mels,
+            mel.n_mels(),
             model.config().n_mels
         )));
     }
-    let content_frames = mel.content_frames;
+    let content_frames = mel.content_frames();
     let duration = (content_frames * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
     let (language, language_token) = if content_frames == 0 {
         (options.language.clone().unwrap_or_else(|| "en".into()), None)
@@ -259,13 +303,12 @@ pub fn transcribe(
     let input_stride = N_FRAMES / model.config().n_audio_ctx;
     let time_precision = (input_stride * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
 
-    let mut all_tokens: Vec<u32> = Vec::new();
+    let mut history = PromptHistory::default();
     if let Some(prompt) = &options.initial_prompt {
         let text = format!(" {}", prompt.trim());
-        all_tokens.extend(model.tokenizer().encode(&text, false).map_err(Error::Model)?);
+        history = PromptHistory::new(model.tokenizer().encode(&text, false).map_err(Error::Model)?);
     }
-    let floor = mel.data.iter().copied().fold(f32::INFINITY, f32::min);
-    let mut prompt_reset_since = 0;
+    let floor = mel.floor();
     let mut segments: Vec<Segment> = Vec::new();
     let mut seek = 0usize;
     while seek < content_frames {
@@ -273,14 +316,15 @@ pub fn transcribe(
         let time_offset = (seek * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
         let segment_size = N_FRAMES.min(content_frames - seek);
         let segment_duration = (segment_size * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
-        if is_silent(mel, floor, seek, segment_size) {
+        let window = mel.segment(seek, segment_size, N_FRAMES)?;
+        if is_silent(&window, floor, segment_size) {
             // Digital silence: Whisper would hallucinate text ("you") with a log-prob good
             // enough to pass its no-speech test. There is nothing to hear: skip the window.
             seek += segment_size;
             continue;
         }
         let t0 = std::time::Instant::now();
-        let features = encode(model, mel, seek, segment_size)?;
+        let features = encode(model, window, mel.n_mels())?;
         tracing::debug!(seek, ms = t0.elapsed().as_millis() as u64, "window encoded");
         let base = WindowOptions {
             task: options.task,
@@ -289,21 +333,15 @@ pub fn transcribe(
             best_of: options.best_of,
             patience: options.patience,
             length_penalty: options.length_penalty,
-            prompt: all_tokens[prompt_reset_since..].to_vec(),
+            prompt: history.prompt().to_vec(),
             without_timestamps: options.without_timestamps,
             seed: options.seed.wrapping_add(seek as u64),
             ..WindowOptions::default()
         };
         let result = decode_with_fallback(model, &features, &suppress, &base, options)?;
-        if let Some(th) = options.no_speech_threshold {
-            let mut skip = result.no_speech_prob > th;
-            if options.logprob_threshold.is_some_and(|lp| result.avg_logprob > lp) {
-                skip = false;
-            }
-            if skip {
-                seek += segment_size;
-                continue;
-            }
+        if is_no_speech(&result, options) {
+            seek += segment_size;
+            continue;
         }
         let previous_seek = seek;
         let tokens = &result.tokens;
@@ -350,6 +388,10 @@ pub fn transcribe(
         }
 
         let first_new = segments.len();
+        // The model may place a timestamp past the audio in the window (noise decoded as
+        // text, a 10 s file with segments up to 29 s): times are clipped to the window's
+        // content, so segments stay within the file.
+        let window_end = time_offset + segment_duration;
         for (start, end, toks) in current {
             let text_tokens: Vec<u32> = toks.iter().copied().filter(|&t| t < special.eot).collect();
             let mut text = model.tokenizer().decode(&text_tokens, true).map_err(Error::Model)?;
@@ -358,6 +400,7 @@ pub fn transcribe(
                 text.clear();
                 toks.clear();
             }
+            let (start, end) = (start.min(window_end), end.min(window_end));
             segments.push(Segment {
                 id: segments.len(),
                 seek: previous_seek,
@@ -373,7 +416,6 @@ pub fn transcribe(
             });
         }
         if options.word_timestamps {
-            let window_end = time_offset + segment_duration;
             let mut sot_sequence = vec![special.sot];
             if let Some(language) = language_token {
                 sot_sequence.push(language);
@@ -390,15 +432,30 @@ pub fn transcribe(
                 segment_size,
                 window_end,
             )?;
+            // The next window starts where the last word ended, when the window did not
+            // end on a lone timestamp (openai's `transcribe` with `word_timestamps`).
+            let new = &segments[first_new..];
+            let last_word_end = new
+                .iter()
+                .rev()
+                .flat_map(|s| s.words.iter().flatten().rev())
+                .map(|w| w.end)
+                .next()
+                .or(new.last().map(|s| s.end));
+            if !single_timestamp_ending
+                && let Some(end) = last_word_end
+                && end > time_offset
+            {
+                seek = ((end * FRAMES_PER_SECOND as f32).round() as usize).max(previous_seek + 1);
+            }
         }
         // Empty segments carry nothing forward.
-        for s in &segments[first_new..] {
-            all_tokens.extend(&s.tokens);
-        }
+        let window_tokens: Vec<u32> = segments[first_new..]
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        history.push(&window_tokens, result.temperature, options.condition_on_previous_text);
         observer.segments(&segments[first_new..]);
-        if !options.condition_on_previous_text || result.temperature > 0.5 {
-            prompt_reset_since = all_tokens.len();
-        }
     }
     observer.progress(duration, duration);
     segments.retain(|s| !s.text.is_empty());
@@ -426,6 +483,92 @@ mod tests {
             temperature,
             compression_ratio,
         }
+    }
+
+    fn decoded(avg_logprob: f32, compression_ratio: f32, no_speech_prob: f32) -> WindowResult {
+        WindowResult {
+            no_speech_prob,
+            ..attempt(0.0, avg_logprob, compression_ratio)
+        }
+    }
+
+    #[test]
+    fn repetitive_or_unlikely_text_falls_back_unless_it_is_silence() {
+        let defaults = TranscribeOptions::default();
+        assert!(!needs_fallback(&decoded(-0.3, 1.5, 0.1), &defaults), "good text");
+        assert!(needs_fallback(&decoded(-0.3, 2.6, 0.1), &defaults), "too repetitive");
+        assert!(needs_fallback(&decoded(-1.2, 1.5, 0.1), &defaults), "too unlikely");
+        // Unlikely text where the model also hears no speech: silence, not retried hotter.
+        assert!(!needs_fallback(&decoded(-1.2, 1.5, 0.9), &defaults));
+        // ... but repetitive text with a confident log-probability still falls back.
+        assert!(needs_fallback(&decoded(-0.3, 2.6, 0.9), &defaults));
+        // Disabled tests never fire.
+        let none = TranscribeOptions {
+            compression_ratio_threshold: None,
+            logprob_threshold: None,
+            ..TranscribeOptions::default()
+        };
+        assert!(!needs_fallback(&decoded(-5.0, 9.0, 0.1), &none));
+        // Without a log-probability test, a no-speech probability alone does not stop a
+        // repetitive window's fallback (openai's rule needs both).
+        let no_logprob = TranscribeOptions {
+            logprob_threshold: None,
+            ..TranscribeOptions::default()
+        };
+        assert!(needs_fallback(&decoded(-5.0, 2.6, 0.9), &no_logprob));
+    }
+
+    #[test]
+    fn a_window_is_skipped_as_silence_only_when_its_text_is_also_unlikely() {
+        let defaults = TranscribeOptions::default();
+        assert!(is_no_speech(&decoded(-1.5, 1.0, 0.7), &defaults));
+        assert!(!is_no_speech(&decoded(-1.5, 1.0, 0.5), &defaults), "speech heard");
+        assert!(
+            !is_no_speech(&decoded(-0.5, 1.0, 0.9), &defaults),
+            "confident text wins"
+        );
+        let no_logprob = TranscribeOptions {
+            logprob_threshold: None,
+            ..TranscribeOptions::default()
+        };
+        assert!(is_no_speech(&decoded(-0.5, 1.0, 0.9), &no_logprob));
+        let disabled = TranscribeOptions {
+            no_speech_threshold: None,
+            ..TranscribeOptions::default()
+        };
+        assert!(!is_no_speech(&decoded(-5.0, 1.0, 1.0), &disabled));
+    }
+
+    #[test]
+    fn the_prompt_history_restarts_after_a_hot_window_or_when_not_conditioning() {
+        let mut h = PromptHistory::new(vec![1, 2]);
+        assert_eq!(h.prompt(), [1, 2], "the initial prompt conditions the first window");
+        h.push(&[3, 4], 0.0, true);
+        assert_eq!(h.prompt(), [1, 2, 3, 4]);
+        h.push(&[5], 0.5, true);
+        assert_eq!(h.prompt(), [1, 2, 3, 4, 5], "0.5 is not above 0.5");
+        h.push(&[6], 0.6, true);
+        assert!(h.prompt().is_empty(), "text decoded hotter than 0.5 is not trusted");
+        h.push(&[7, 8], 0.0, true);
+        assert_eq!(h.prompt(), [7, 8]);
+        h.push(&[], 0.0, true);
+        assert_eq!(h.prompt(), [7, 8], "an empty window keeps the history");
+
+        let mut h = PromptHistory::new(vec![1]);
+        assert_eq!(h.prompt(), [1], "the initial prompt is used even when not conditioning");
+        h.push(&[2], 0.0, false);
+        assert!(h.prompt().is_empty());
+    }
+
+    #[test]
+    fn silence_is_judged_on_the_window_content_only() {
+        let floor = -1.5;
+        let mut window = vec![floor; 2 * N_FRAMES];
+        assert!(is_silent(&window, floor, N_FRAMES));
+        // Energy past the content (the window's zero padding) does not count.
+        window[N_FRAMES + 2000] = 0.5;
+        assert!(is_silent(&window, floor, 1000));
+        assert!(!is_silent(&window, floor, 2001));
     }
 
     #[test]

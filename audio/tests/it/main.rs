@@ -1,6 +1,7 @@
 //! The audio front end end to end: decoding every supported format to the same 16 kHz mono
-//! samples, resampling, streaming, bad input, and log-mel parity with openai-whisper
-//! (reference values in `tests/fixtures/`, the JFK clip and filter banks fetched by
+//! samples, resampling, streaming, bad input, log-mel parity with openai-whisper, and
+//! the Whisper decoding pieces tied to real vocabularies and weights (reference values in
+//! `tests/fixtures/`; the JFK clip, filter banks and models fetched by
 //! `scripts/fetch-models`).
 
 mod bad_input;
@@ -9,3 +10,4 @@ mod formats;
 mod mel_parity;
 mod resampling;
 mod streaming;
+mod whisper;
