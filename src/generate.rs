@@ -24,7 +24,8 @@ pub struct GenerateArgs {
     /// Beam search with this many beams (1: greedy or sampling).
     #[arg(long, default_value_t = 1)]
     beams: usize,
-    /// Number of completions to return (beams, or independent samples).
+    /// Number of completions to return: the best beams (at most --beams), or independent
+    /// samples with --temperature > 0. Greedy decoding gives exactly one.
     #[arg(long, default_value_t = 1)]
     num_return: usize,
     #[arg(long, default_value_t = 1.0)]
@@ -72,6 +73,20 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         bail!("--temperature must be a finite number >= 0");
+    }
+    if args.num_return == 0 {
+        bail!("--num-return must be at least 1");
+    }
+    // Greedy decoding has exactly one answer: returning fewer than asked must not pass
+    // silently.
+    if args.num_return > 1 && args.beams == 1 && args.temperature == 0.0 {
+        bail!(
+            "--num-return {} needs --beams N (N >= {0}) or --temperature > 0: greedy decoding gives one completion",
+            args.num_return
+        );
+    }
+    if args.beams > 1 && args.num_return > args.beams {
+        bail!("--num-return {} cannot exceed --beams {}", args.num_return, args.beams);
     }
     let device = parse_device(&args.device)?;
     let model = TextModel::load(&args.model, &device)?;

@@ -150,7 +150,7 @@ fn ggml_dtype(id: u32) -> std::result::Result<GgmlDType, String> {
         30 => GgmlDType::BF16,
         other => {
             let name = match other {
-                4 | 5 => "Q4_2/Q4_3 (removed from ggml)",
+                4 | 5 => "Q4_2/Q4_3, removed from ggml",
                 16 => "IQ2_XXS",
                 17 => "IQ2_XS",
                 18 => "IQ3_XXS",
@@ -168,9 +168,9 @@ fn ggml_dtype(id: u32) -> std::result::Result<GgmlDType, String> {
                 34 => "TQ1_0",
                 35 => "TQ2_0",
                 39 => "MXFP4",
-                _ => "unknown",
+                _ => return Err(format!("unknown quantization type {other}")),
             };
-            return Err(format!("quantization type {other} ({name})"));
+            return Err(format!("quantization type {other} ({name}) is not supported"));
         }
     })
 }

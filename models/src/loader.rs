@@ -67,8 +67,14 @@ fn locate_path(path: &Path) -> Result<ModelLocation> {
     if path.join("model.gguf").is_file() {
         return Ok(ModelLocation::Gguf(path.join("model.gguf")));
     }
+    // A directory named like a model file is most likely a slip, not a checkpoint.
+    let expected = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        "is a directory, not a GGUF file"
+    } else {
+        "is a directory"
+    };
     Err(Error::ModelNotFound(format!(
-        "{}: a directory without config.json or model.gguf",
+        "{}: {expected}, and holds neither config.json (a checkpoint) nor model.gguf",
         path.display()
     )))
 }
@@ -93,7 +99,9 @@ fn hub_cache() -> hf_hub::Cache {
 }
 
 /// Resolves a Hugging Face repo id to a local checkpoint directory: from hf-hub's cache,
-/// downloading what is missing unless `HF_HUB_OFFLINE` is set.
+/// downloading what is missing unless `HF_HUB_OFFLINE` is set. The weights are safetensors
+/// (one file or shards) or a CTranslate2 `model.bin` (faster-whisper's repos, such as
+/// `Systran/faster-whisper-tiny.en`).
 fn locate_hub(id: &str) -> Result<ModelLocation> {
     let cache = hub_cache();
     let repo = cache.model(id.to_owned());
@@ -101,7 +109,9 @@ fn locate_hub(id: &str) -> Result<ModelLocation> {
     let wanted_from_cache = || -> Option<PathBuf> {
         let config = cached("config.json")?;
         cached("tokenizer.json")?;
-        if let Some(index) = cached("model.safetensors.index.json") {
+        if cached("model.bin").is_some() {
+            // CTranslate2: config.json and model.bin are the whole checkpoint.
+        } else if let Some(index) = cached("model.safetensors.index.json") {
             let text = std::fs::read_to_string(&index).ok()?;
             let json: serde_json::Value = serde_json::from_str(&text).ok()?;
             for shard in json.get("weight_map")?.as_object()?.values() {
@@ -152,7 +162,13 @@ fn locate_hub(id: &str) -> Result<ModelLocation> {
             }
         }
         Err(_) => {
-            get("model.safetensors")?;
+            if let Err(e) = remote.get("model.safetensors") {
+                remote.get("model.bin").map_err(|_| {
+                    Error::ModelNotFound(format!(
+                        "{id}: cannot fetch model.safetensors (nor a CTranslate2 model.bin) from the Hugging Face hub: {e}"
+                    ))
+                })?;
+            }
         }
     }
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -249,14 +265,20 @@ pub fn load_checkpoint_model(dir: &Path, device: &Device) -> Result<Arc<dyn Caus
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string()))?;
-    let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    const SUPPORTED: &str = "supported: llama, mistral, qwen2, starcoder2";
+    let Some(model_type) = json.get("model_type").and_then(|v| v.as_str()) else {
+        return Err(Error::format(
+            &cfg_path,
+            format!("model_type is missing or not a string ({SUPPORTED})"),
+        ));
+    };
     Ok(match model_type {
         "llama" | "mistral" | "qwen2" => Arc::new(Llama::from_dir(dir, device)?),
         "starcoder2" => Arc::new(StarCoder2::from_dir(dir, device)?),
         other => {
             return Err(Error::unsupported(
                 cfg_path.display().to_string(),
-                format!("architecture {other:?} (supported: llama, mistral, qwen2, starcoder2)"),
+                format!("unsupported model_type {other:?} ({SUPPORTED})"),
             ));
         }
     })
@@ -274,7 +296,7 @@ impl TextModel {
                 if !matches!(arch.as_str(), "llama" | "qwen2" | "starcoder2") {
                     return Err(Error::unsupported(
                         path.display().to_string(),
-                        format!("architecture {arch:?} (supported: llama, qwen2, starcoder2)"),
+                        format!("unsupported architecture {arch:?} (supported: llama, qwen2, starcoder2)"),
                     ));
                 }
                 let tokenizer = Tokenizer::from_gguf(gguf.vocab()?, path)?;
@@ -284,7 +306,7 @@ impl TextModel {
                     other => {
                         return Err(Error::unsupported(
                             path.display().to_string(),
-                            format!("architecture {other:?} (supported: llama, qwen2, starcoder2)"),
+                            format!("unsupported architecture {other:?} (supported: llama, qwen2, starcoder2)"),
                         ));
                     }
                 };

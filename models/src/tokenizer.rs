@@ -416,6 +416,24 @@ impl Tokenizer {
     }
 }
 
+/// The pieces (in the byte-level alphabet) that a byte-level vocabulary whose
+/// `tokenizer.ggml.pre` is `pre` splits `text` into before BPE: the split on its own, so
+/// that it can be compared with a reference implementation's.
+pub fn byte_level_pre_tokenize(pre: &str, text: &str) -> Result<Vec<String>> {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    let source = Path::new(pre);
+    let pre_tokenizer = ByteLevelSplit::for_pre(pre, source).pre_tokenizer(source)?;
+    let mut pieces = PreTokenizedString::from(text);
+    pre_tokenizer
+        .pre_tokenize(&mut pieces)
+        .map_err(|e| Error::Tokenizer(format!("pre-tokenizing with {pre:?}: {e}")))?;
+    Ok(pieces
+        .get_splits(OffsetReferential::Original, OffsetType::Byte)
+        .into_iter()
+        .map(|(piece, _, _)| piece.to_owned())
+        .collect())
+}
+
 /// Incremental, UTF-8-safe detokenizer: push ids as they are generated and get back only
 /// text that is complete. A character whose bytes span several byte-level tokens comes
 /// out once its last byte arrives, never as a replacement character in between.

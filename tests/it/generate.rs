@@ -114,6 +114,15 @@ fn tiny_hub_cache(root: &Path) -> PathBuf {
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs").join("main"), "0123456789abcdef").unwrap();
+    tiny_checkpoint(&snap);
+    snap
+}
+
+/// A complete checkpoint directory: the tiny Qwen2 fixture's config and weights (random,
+/// so its sampled text varies with the seed) with a byte-level `tokenizer.json` of its
+/// 256-token vocabulary.
+fn tiny_checkpoint(snap: &Path) {
+    std::fs::create_dir_all(snap).unwrap();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/qwen2");
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixtures.join(f), snap.join(f)).unwrap();
@@ -133,7 +142,6 @@ fn tiny_hub_cache(root: &Path) -> PathBuf {
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
     });
     std::fs::write(snap.join("tokenizer.json"), tok.to_string()).unwrap();
-    snap
 }
 
 #[test]
@@ -217,4 +225,225 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
     // Longer than the 32k context.
     let long = "x ".repeat(40_000);
     fails_with(&["generate", "--prompt", &long], &["context"]);
+}
+
+/// A hand-written GGUF v3 file: string metadata and 2-D tensor infos (`[cols, rows]`,
+/// ggml type id) over zeroed data.
+fn write_gguf(path: &Path, kvs: &[(&str, &str)], tensors: &[(&str, [u64; 2], u32)]) {
+    let mut b: Vec<u8> = b"GGUF".to_vec();
+    let u32_ = |b: &mut Vec<u8>, v: u32| b.extend_from_slice(&v.to_le_bytes());
+    let u64_ = |b: &mut Vec<u8>, v: u64| b.extend_from_slice(&v.to_le_bytes());
+    let str_ = |b: &mut Vec<u8>, s: &str| {
+        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    };
+    u32_(&mut b, 3);
+    u64_(&mut b, tensors.len() as u64);
+    u64_(&mut b, kvs.len() as u64);
+    for (k, v) in kvs {
+        str_(&mut b, k);
+        u32_(&mut b, 8);
+        str_(&mut b, v);
+    }
+    for (name, dims, ty) in tensors {
+        str_(&mut b, name);
+        u32_(&mut b, 2);
+        u64_(&mut b, dims[0]);
+        u64_(&mut b, dims[1]);
+        u32_(&mut b, *ty);
+        u64_(&mut b, 0);
+    }
+    b.resize(b.len().next_multiple_of(32) + 4096, 0);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn unusable_model_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let generate = |model: &str, needles: &[&str]| {
+        let mut all = vec![model];
+        all.extend_from_slice(needles);
+        fails_with(&["generate", "--model", model, "--prompt", "x"], &all);
+    };
+
+    let mamba = path("mamba.gguf");
+    write_gguf(Path::new(&mamba), &[("general.architecture", "mamba")], &[]);
+    generate(
+        &mamba,
+        &["unsupported architecture \"mamba\"", "supported: llama, qwen2"],
+    );
+
+    let iq2 = path("iq2.gguf");
+    write_gguf(
+        Path::new(&iq2),
+        &[("general.architecture", "llama")],
+        &[("blk.0.attn_q.weight", [256, 1], 16)],
+    );
+    generate(
+        &iq2,
+        &["blk.0.attn_q.weight", "quantization type 16 (IQ2_XXS) is not supported"],
+    );
+    let unknown = path("unknown-type.gguf");
+    write_gguf(
+        Path::new(&unknown),
+        &[("general.architecture", "llama")],
+        &[("output.weight", [32, 1], 99)],
+    );
+    generate(&unknown, &["output.weight", "unknown quantization type 99"]);
+
+    // A directory where a file was meant.
+    let not_a_file = path("x.gguf");
+    std::fs::create_dir(&not_a_file).unwrap();
+    generate(&not_a_file, &["is a directory, not a GGUF file"]);
+
+    // A complete checkpoint (the tokenizer loads) whose config disagrees with its weights.
+    let wrong_size = dir.path().join("wrong-size");
+    tiny_checkpoint(&wrong_size);
+    let config = wrong_size.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"intermediate_size\": 96"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("\"intermediate_size\": 96", "\"intermediate_size\": 100"),
+    )
+    .unwrap();
+    generate(
+        wrong_size.to_str().unwrap(),
+        &[
+            "tensor model.layers.0.mlp.gate_proj.weight has shape [96, 48]",
+            "[100, 48]",
+        ],
+    );
+
+    let mamba_dir = dir.path().join("mamba-checkpoint");
+    tiny_checkpoint(&mamba_dir);
+    let config = mamba_dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"model_type\": \"qwen2\""), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("\"model_type\": \"qwen2\"", "\"model_type\": \"mamba\""),
+    )
+    .unwrap();
+    generate(
+        mamba_dir.to_str().unwrap(),
+        &["config.json", "unsupported model_type \"mamba\"", "supported: llama"],
+    );
+    std::fs::write(&config, text.replace("\"model_type\": \"qwen2\",", "")).unwrap();
+    generate(mamba_dir.to_str().unwrap(), &["config.json", "model_type is missing"]);
+}
+
+#[test]
+fn num_return_needs_beams_or_sampling() {
+    fails_with(
+        &["generate", "--prompt", "x", "--num-return", "3"],
+        &["--num-return 3", "--beams", "--temperature", "greedy"],
+    );
+    fails_with(
+        &["generate", "--prompt", "x", "--num-return", "5", "--beams", "4"],
+        &["--num-return 5", "--beams 4"],
+    );
+    fails_with(&["generate", "--prompt", "x", "--num-return", "0"], &["--num-return"]);
+
+    // With sampling, the same flag gives that many independent completions.
+    let dir = tempfile::tempdir().unwrap();
+    tiny_checkpoint(dir.path());
+    let model = dir.path().to_str().unwrap();
+    let v = json_of(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "hello",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "1",
+        "--num-return",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(v["completions"].as_array().unwrap().len(), 3, "{v}");
+}
+
+/// Runs, expects success and parses stdout as JSON.
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON: {e}"))
+}
+
+#[test]
+fn sampling_is_reproducible_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_checkpoint(dir.path());
+    let model = dir.path().to_str().unwrap();
+    let sample = |seed: u64| -> String {
+        let seed = seed.to_string();
+        let v = json_of(&[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "0.9",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.95",
+            "--seed",
+            &seed,
+            "--json",
+        ]);
+        assert_eq!(v["completions"][0]["tokens"], 16, "{v}");
+        v["completions"][0]["text"].as_str().unwrap().to_owned()
+    };
+    let first = sample(7);
+    assert_eq!(sample(7), first, "the same seed must give the same text");
+    let others: Vec<String> = [1, 2, 3, 4].into_iter().map(sample).collect();
+    assert!(
+        others.iter().any(|t| *t != first),
+        "seeds 1-4 all gave seed 7's text {first:?}"
+    );
+}
+
+#[test]
+fn every_stop_string_cuts() {
+    // Unstopped, the completion starts `n % 2 == 0`.
+    let text = |stops: &[&str]| -> (String, String) {
+        let mut args = vec!["generate", "--prompt", FIM, "--max-tokens", "8", "--json"];
+        for s in stops {
+            args.extend(["--stop", *s]);
+        }
+        let v = json_of(&args);
+        let c = &v["completions"][0];
+        (
+            c["text"].as_str().unwrap().to_owned(),
+            c["finish_reason"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (full, _) = text(&[]);
+    assert!(full.starts_with("n % 2 == 0"), "{full:?}");
+    assert_eq!(text(&["==", "not-in-the-output"]), ("n % 2 ".into(), "stop".into()));
+    assert_eq!(text(&["not-in-the-output", "%"]), ("n ".into(), "stop".into()));
+    // Both present: the earlier one cuts, whatever the order on the command line.
+    assert_eq!(text(&["==", "%"]), ("n ".into(), "stop".into()));
+}
+
+#[test]
+fn plain_beam_output_is_the_best_beam() {
+    let args = ["generate", "--prompt", FIM, "--max-tokens", "8", "--beams", "4"];
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plain = String::from_utf8(o.stdout).unwrap();
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let v = json_of(&json_args);
+    let best = v["completions"][0]["text"].as_str().unwrap();
+    assert!(best.starts_with("n % 2 == 0"), "{v}");
+    assert_eq!(plain, format!("{best}\n"));
 }

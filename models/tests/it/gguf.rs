@@ -157,6 +157,48 @@ fn llama_gguf_with_permuted_qk_matches_safetensors() {
     gguf_logits_match("llama-plain", "llama");
 }
 
+/// GGUF v2 has v3's layout (64-bit counts and lengths; v3 only added big-endian
+/// support), so for a little-endian file only the version field differs. candle's writer emits v2,
+/// llama.cpp's converter (and so every fetched model) v3: the same tiny model with
+/// either version must load and give exactly the same logits.
+#[test]
+fn gguf_v2_and_v3_load_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let v2_path = dir.path().join("v2.gguf");
+    convert("qwen2", "qwen2", &v2_path);
+    let mut bytes = std::fs::read(&v2_path).unwrap();
+    assert_eq!(&bytes[..4], b"GGUF");
+    assert_eq!(
+        u32::from_le_bytes(bytes[4..8].try_into().unwrap()),
+        2,
+        "candle writes v2"
+    );
+    bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
+    let v3_path = dir.path().join("v3.gguf");
+    std::fs::write(&v3_path, &bytes).unwrap();
+
+    let load = |p: &Path| {
+        let gguf = GgufFile::open(p).unwrap_or_else(|e| panic!("{e}"));
+        let version = gguf.version();
+        let tensors = gguf.tensor_infos().len();
+        let model = Llama::from_gguf(gguf, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        (version, tensors, Engine::new(std::sync::Arc::new(model)))
+    };
+    let (v2, v2_tensors, from_v2) = load(&v2_path);
+    let (v3, v3_tensors, from_v3) = load(&v3_path);
+    assert_eq!((v2, v3), (2, 3));
+    assert_eq!(v2_tensors, v3_tensors);
+    assert!(v2_tensors > 0);
+    let from_st = engine("qwen2");
+    for ids in expected("qwen2").input_ids {
+        let v2_logits = from_v2.logits(&ids).unwrap();
+        let diff = max_abs_diff(&v2_logits, &from_v3.logits(&ids).unwrap());
+        assert_eq!(diff, 0.0, "v2 and v3 logits differ by {diff}");
+        let diff = max_abs_diff(&v2_logits, &from_st.logits(&ids).unwrap());
+        assert!(diff <= 1e-4, "v2 GGUF and safetensors logits differ by {diff}");
+    }
+}
+
 /// A hand-built GGUF for hostile-input tests.
 #[derive(Default)]
 struct Builder {
@@ -277,8 +319,15 @@ fn unknown_quantization_types_are_named() {
     let mut b = Builder::header(3, 1, 0);
     b.tensor("blk.0.attn_q.weight", [256, 1], 16, 0).pad_and_data(1024);
     let err = open_err(&b);
-    assert!(err.contains("quantization type 16 (IQ2_XXS)"), "{err}");
+    assert!(err.contains("quantization type 16 (IQ2_XXS) is not supported"), "{err}");
     assert!(err.contains("blk.0.attn_q.weight"), "{err}");
+
+    // An id no ggml version has used.
+    let mut b = Builder::header(3, 1, 0);
+    b.tensor("output.weight", [32, 1], 99, 0).pad_and_data(1024);
+    let err = open_err(&b);
+    assert!(err.contains("unknown quantization type 99"), "{err}");
+    assert!(err.contains("output.weight"), "{err}");
 }
 
 #[test]
@@ -300,7 +349,8 @@ fn unknown_architecture_is_a_clear_error() {
         .err()
         .expect("must fail")
         .to_string();
-    assert!(err.contains("architecture \"mamba\""), "{err}");
+    assert!(err.contains("hostile.gguf"), "error must name the file: {err}");
+    assert!(err.contains("unsupported architecture \"mamba\""), "{err}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_models::tokenizer::{GgufVocab, Tokenizer};
+use tessera_models::tokenizer::{GgufVocab, Tokenizer, byte_level_pre_tokenize};
 
 const QWEN: &str = "qwen2.5-coder-0.5b";
 const SMOLLM: &str = "smollm2-135m";
@@ -65,6 +65,42 @@ fn reference_table() {
             failures.join("\n")
         );
     }
+}
+
+/// Llama 3's split (`tokenizer.ggml.pre = "llama-bpe"`) against the pieces the Python
+/// `tokenizers` library and llama.cpp's spelling of the regex give
+/// (`fixtures/gen_llama_bpe_pieces.py`).
+#[test]
+fn llama_bpe_pre_tokenizer_matches_the_reference() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_bpe_pieces.json");
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("llama_bpe_pieces.json")).unwrap();
+    assert_eq!(table["pre"], "llama-bpe");
+    let cases = table["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 50, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let expected: Vec<String> = serde_json::from_value(case["pieces"].clone()).unwrap();
+        let got = byte_level_pre_tokenize("llama-bpe", text).unwrap();
+        if got != expected {
+            failures.push(format!("{text:?}\n  expected {expected:?}\n  got      {got:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // The table tells the splits apart: Qwen2's (single digits) must not match it.
+    let qwen2_differs = cases.iter().any(|case| {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<String> = serde_json::from_value(case["pieces"].clone()).unwrap();
+        byte_level_pre_tokenize("qwen2", text).unwrap() != expected
+    });
+    assert!(qwen2_differs, "no case separates llama-bpe from qwen2");
 }
 
 #[test]
