@@ -283,6 +283,7 @@ pub(crate) fn add_word_timestamps(
     segments: &mut [Segment],
     num_frames: usize,
     window_end: f32,
+    last_speech_timestamp: f32,
 ) -> Result<()> {
     let Some(first) = segments.first() else {
         return Ok(());
@@ -315,6 +316,7 @@ pub(crate) fn add_word_timestamps(
     let time_offset = (first.seek * HOP_LENGTH) as f32 / SAMPLE_RATE as f32;
     let round2 = |x: f32| (x * 100.0).round() / 100.0;
     let mut index = 0;
+    let mut last_speech_timestamp = last_speech_timestamp;
     for (segment, tokens) in segments.iter_mut().zip(&per_segment) {
         let mut saved = 0;
         let mut words = Vec::new();
@@ -331,13 +333,50 @@ pub(crate) fn add_word_timestamps(
             saved += t.tokens.len();
             index += 1;
         }
-        if let (Some(w0), Some(wn)) = (words.first(), words.last()) {
-            segment.start = w0.start;
-            segment.end = wn.end.max(w0.start);
+        if !words.is_empty() {
+            fit_segment_boundaries(segment, &mut words, median, max_duration, last_speech_timestamp);
+            last_speech_timestamp = segment.end;
         }
         segment.words = Some(words);
     }
     Ok(())
+}
+
+/// openai's corrections at a segment's edges (`timing.py`): after a pause, the alignment
+/// tends to stretch the first word back over the silence, so a first word (or first two)
+/// longer than the median allows is cut to its likely length; then the segment and its
+/// first and last words agree on their times, the segment's own timestamps winning where a
+/// word runs more than half a second past them.
+fn fit_segment_boundaries(
+    segment: &mut Segment,
+    words: &mut [Word],
+    median: f32,
+    max_duration: f32,
+    last_speech_timestamp: f32,
+) {
+    let n = words.len();
+    if words[0].end - last_speech_timestamp > median * 4.0
+        && (words[0].end - words[0].start > max_duration
+            || (n > 1 && words[1].end - words[0].start > max_duration * 2.0))
+    {
+        if n > 1 && words[1].end - words[1].start > max_duration {
+            let boundary = (words[1].end / 2.0).max(words[1].end - max_duration);
+            words[0].end = boundary;
+            words[1].start = boundary;
+        }
+        words[0].start = (words[0].end - max_duration).max(0.0);
+    }
+    if segment.start < words[0].end && segment.start - 0.5 > words[0].start {
+        words[0].start = (words[0].end - median).min(segment.start).max(0.0);
+    } else {
+        segment.start = words[0].start;
+    }
+    let last = &mut words[n - 1];
+    if segment.end > last.start && segment.end + 0.5 < last.end {
+        last.end = (last.start + median).max(segment.end);
+    } else {
+        segment.end = last.end;
+    }
 }
 
 #[cfg(test)]
@@ -377,5 +416,65 @@ mod tests {
         let words: Vec<&str> = a.iter().map(|t| t.word.as_str()).collect();
         assert_eq!(words, ["", " \"Hi,", "", " you.", ""]);
         assert_eq!(a[1].tokens, vec![1, 2, 3]);
+    }
+
+    fn word(w: &str, start: f32, end: f32) -> Word {
+        Word {
+            word: w.into(),
+            start,
+            end,
+            probability: 1.0,
+        }
+    }
+
+    fn segment(start: f32, end: f32) -> Segment {
+        Segment {
+            id: 0,
+            seek: 0,
+            start,
+            end,
+            text: String::new(),
+            tokens: vec![],
+            temperature: 0.0,
+            avg_logprob: 0.0,
+            compression_ratio: 1.0,
+            no_speech_prob: 0.0,
+            words: None,
+        }
+    }
+
+    #[test]
+    fn a_first_word_stretched_over_a_pause_is_cut_to_a_likely_length() {
+        // The window starts at 24.2 s in silence; speech starts at 27 s, but the alignment
+        // gave the first word everything from the window start (openai's case for the
+        // hack). Median word 0.3 s, so at most 0.6 s.
+        let mut seg = segment(24.2, 30.0);
+        let mut words = vec![
+            word(" And", 24.2, 27.3),
+            word(" so", 27.3, 27.5),
+            word(" on", 27.5, 30.0),
+        ];
+        fit_segment_boundaries(&mut seg, &mut words, 0.3, 0.6, 21.0);
+        assert!((words[0].start - 26.7).abs() < 1e-4, "{:?}", words[0]);
+        assert_eq!(seg.start, words[0].start, "the segment starts with its first word");
+        assert_eq!(seg.end, 30.0);
+    }
+
+    #[test]
+    fn words_right_after_speech_and_segment_timestamps_that_disagree() {
+        // No pause before: a long first word is kept; the segment takes its time.
+        let mut seg = segment(10.0, 12.0);
+        let mut words = vec![word(" Well", 10.0, 11.0), word(" yes", 11.0, 12.0)];
+        fit_segment_boundaries(&mut seg, &mut words, 0.3, 0.6, 9.9);
+        assert_eq!((words[0].start, seg.start), (10.0, 10.0));
+        // A first word starting more than 0.5 s before its segment's timestamp (and ending
+        // after it) is pulled to the segment's start; a last word running more than 0.5 s
+        // past the segment's end is cut back to it.
+        let mut seg = segment(5.0, 8.0);
+        let mut words = vec![word(" a", 4.0, 5.2), word(" b", 7.0, 9.0)];
+        fit_segment_boundaries(&mut seg, &mut words, 0.3, 0.6, 4.5);
+        assert!((words[0].start - 4.9).abs() < 1e-5, "min(end - median, segment start)");
+        assert_eq!((seg.start, seg.end), (5.0, 8.0));
+        assert_eq!(words[1].end, 8.0);
     }
 }

@@ -310,6 +310,9 @@ pub fn transcribe(
     }
     let floor = mel.floor();
     let mut segments: Vec<Segment> = Vec::new();
+    // Where the last word heard ended (word timestamps): a first word far after it follows
+    // a pause, which the alignment tends to swallow.
+    let mut last_speech_timestamp = 0.0f32;
     let mut seek = 0usize;
     while seek < content_frames {
         observer.progress(seek as f32 * HOP_LENGTH as f32 / SAMPLE_RATE as f32, duration);
@@ -431,6 +434,7 @@ pub fn transcribe(
                 &mut segments[first_new..],
                 segment_size,
                 window_end,
+                last_speech_timestamp,
             )?;
             // The next window starts where the last word ended, when the window did not
             // end on a lone timestamp (openai's `transcribe` with `word_timestamps`).
@@ -442,6 +446,9 @@ pub fn transcribe(
                 .map(|w| w.end)
                 .next()
                 .or(new.last().map(|s| s.end));
+            if let Some(end) = last_word_end {
+                last_speech_timestamp = end;
+            }
             if !single_timestamp_ending
                 && let Some(end) = last_word_end
                 && end > time_offset
