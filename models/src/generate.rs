@@ -4,9 +4,10 @@
 //! checked every step, and UTF-8-safe streaming of text deltas.
 //!
 //! Beam search follows Hugging Face transformers (`generation/utils.py`, `_beam_search`):
-//! 2 × beams candidates per step, a finished hypothesis counts only when it ranks within
-//! the top `num_beams` candidates, and its score is the sum of token log-probabilities
-//! divided by `generated_len ^ length_penalty` (the eos token counted).
+//! (1 + number of eos ids, at least 2) × beams candidates per step, a finished hypothesis
+//! counts only when it ranks within the top `num_beams` candidates, and its score is the
+//! sum of token log-probabilities divided by `generated_len ^ length_penalty` (the eos
+//! token counted).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -460,6 +461,9 @@ pub fn generate_beam(
     }
     let check = TextCheck { detok, params };
     let k = beam.num_beams;
+    // As in transformers: enough candidates that `k` beams keep running even when every
+    // eos id of every beam ranks on top (with 2k, several eos ids could leave fewer).
+    let keep = (1 + params.eos_ids.len()).max(2) * k;
     let mut hyps = Hypotheses {
         capacity: k,
         length_penalty: beam.length_penalty,
@@ -486,10 +490,10 @@ pub fn generate_beam(
             break;
         }
         let last_step = step_index + 1 == params.max_new_tokens;
-        // Candidates: (total log-prob, beam, token), best 2k over all beams.
-        let mut cands: Vec<(f32, usize, u32)> = Vec::with_capacity(beams.len() * 2 * k);
+        // Candidates: (total log-prob, beam, token), the best `keep` over all beams.
+        let mut cands: Vec<(f32, usize, u32)> = Vec::with_capacity(beams.len() * keep);
         let best = if params.repetition_penalty == 1.0 {
-            best_log_probs(&logits, beams.len(), 2 * k)?
+            best_log_probs(&logits, beams.len(), keep)?
         } else {
             Vec::new()
         };
@@ -499,7 +503,7 @@ pub fn generate_beam(
                 let mut lp = sampling::log_softmax(&raw);
                 let seen: Vec<u32> = prompt.iter().chain(&b.tokens).copied().collect();
                 sampling::apply_repetition_penalty(&mut lp, &seen, params.repetition_penalty);
-                for (tok, l) in sampling::top_k(&lp, 2 * k) {
+                for (tok, l) in sampling::top_k(&lp, keep) {
                     cands.push((b.sum_logprob + l, bi, tok));
                 }
             } else {
@@ -514,7 +518,7 @@ pub fn generate_beam(
                 .then(a.1.cmp(&b.1))
                 .then(a.2.cmp(&b.2))
         });
-        cands.truncate(2 * k);
+        cands.truncate(keep);
         let mut next: Vec<(f32, usize, u32)> = Vec::with_capacity(k);
         for (rank, &(score, bi, tok)) in cands.iter().enumerate() {
             let mut tokens = beams[bi].tokens.clone();
@@ -594,4 +598,63 @@ pub fn generate_beam(
 /// Milliseconds since `t`.
 pub(crate) fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stable(stops: &[&str], text: &str) -> usize {
+        let params = GenerateParams {
+            stop_strings: stops.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        TextCheck {
+            detok: None,
+            params: &params,
+        }
+        .stable_len(text)
+    }
+
+    #[test]
+    fn stable_len_holds_back_split_characters() {
+        assert_eq!(stable(&[], "abc"), 3);
+        assert_eq!(stable(&[], "ab\u{FFFD}"), 2);
+        // Several cut characters in a row (a lossy decode's U+FFFD each).
+        assert_eq!(stable(&[], "é\u{FFFD}\u{FFFD}"), "é".len());
+        // A replacement character before the end is settled text.
+        assert_eq!(stable(&[], "a\u{FFFD}b"), "a\u{FFFD}b".len());
+        assert_eq!(stable(&[], ""), 0);
+    }
+
+    #[test]
+    fn stable_len_holds_back_a_possible_start_of_a_stop_string() {
+        let stop = ["<END>"];
+        assert_eq!(stable(&stop, "ab<"), 2);
+        assert_eq!(stable(&stop, "ab<EN"), 2);
+        assert_eq!(stable(&stop, "ab<END"), 2);
+        // Ruled out as a stop: everything is stable.
+        assert_eq!(stable(&stop, "ab<EX"), 5);
+        assert_eq!(stable(&stop, "a<E b"), 5);
+        // The longest matching prefix counts ("aa" of "aab", not just "a").
+        assert_eq!(stable(&["aab"], "xaa"), 1);
+        assert_eq!(stable(&["aab"], "xa"), 1);
+        // Several stop strings: the largest hold-back wins.
+        assert_eq!(stable(&["\n\n", "<END>"], "ab<E"), 2);
+        assert_eq!(stable(&["\n\n", "<END>"], "ab\n"), 2);
+        // Empty stop strings hold nothing back.
+        assert_eq!(stable(&[""], "ab"), 2);
+    }
+
+    #[test]
+    fn stable_len_handles_multibyte_stops_and_split_characters_together() {
+        // A stop prefix is only matched at the stop's character boundaries.
+        assert_eq!(stable(&["→→"], "a→"), 1);
+        assert_eq!(stable(&["é!"], "xé"), 1);
+        // A split character after a stop prefix: both are held back.
+        assert_eq!(stable(&["<END>"], "ab<E\u{FFFD}"), 2);
+        // The split character may itself begin a multi-byte stop: still only whole
+        // characters before it are shown.
+        assert_eq!(stable(&["→→"], "ab\u{FFFD}"), 2);
+    }
 }

@@ -222,4 +222,60 @@ mod tests {
         assert_eq!(layer0(&b)[70], 1000.0);
         assert_eq!(layer0(&a)[..70], layer0(&b)[..70]);
     }
+
+    /// Whether each block of `a` is the very same storage as `b`'s block at that position.
+    fn same_blocks(a: &SeqCache, b: &SeqCache) -> Vec<bool> {
+        a.blocks.iter().zip(&b.blocks).map(|(x, y)| Arc::ptr_eq(x, y)).collect()
+    }
+
+    #[test]
+    fn beams_forked_from_a_long_cache_share_its_full_blocks_through_appends_and_truncation() {
+        let n = 2 * BLOCK_TOKENS + 22;
+        let mut base = SeqCache::new();
+        let (k, v) = kv(0, n);
+        base.append(&(0..n as u32).collect::<Vec<_>>(), k, v).unwrap();
+        let mut beams: Vec<SeqCache> = (0..3).map(|_| base.fork()).collect();
+        for (i, b) in beams.iter_mut().enumerate() {
+            assert_eq!(same_blocks(b, &base), [true, true, true], "a fork copies nothing");
+            let (k, v) = kv(1000 * (i + 1), 1);
+            b.append(&[i as u32], k, v).unwrap();
+        }
+        for (i, b) in beams.iter().enumerate() {
+            // Only the partial last block was rebuilt, for each beam separately.
+            assert_eq!(same_blocks(b, &base), [true, true, false], "beam {i}");
+            for (j, other) in beams.iter().enumerate().filter(|&(j, _)| j != i) {
+                assert_eq!(same_blocks(b, other), [true, true, false], "beams {i} and {j}");
+            }
+            let values = layer0(b);
+            assert_eq!(values.len(), n + 1);
+            assert_eq!(values[n], (1000 * (i + 1)) as f32);
+            assert_eq!(values[..n], layer0(&base)[..]);
+        }
+        assert_eq!(
+            layer0(&base),
+            (0..n).map(|x| x as f32).collect::<Vec<_>>(),
+            "base untouched"
+        );
+
+        // Dropping the beam's token (back into the partial block): the full blocks stay
+        // shared, the last one is a narrowed copy.
+        let mut b = beams[0].fork();
+        b.truncate(n).unwrap();
+        assert_eq!(same_blocks(&b, &base), [true, true, false]);
+        assert_eq!(layer0(&b), layer0(&base));
+        assert_eq!(b.tokens(), base.tokens());
+        // To a block boundary: nothing is copied at all.
+        let mut b = beams[1].fork();
+        b.truncate(2 * BLOCK_TOKENS).unwrap();
+        assert_eq!(b.blocks.len(), 2);
+        assert_eq!(same_blocks(&b, &base), [true, true]);
+        // Into a full block: the blocks before it stay shared, it is narrowed into a copy.
+        let mut b = beams[2].fork();
+        b.truncate(BLOCK_TOKENS + 10).unwrap();
+        assert_eq!(same_blocks(&b, &base), [true, false]);
+        assert_eq!(layer0(&b), (0..BLOCK_TOKENS + 10).map(|x| x as f32).collect::<Vec<_>>());
+        // The beams themselves were not affected by their forks' truncation.
+        assert!(beams.iter().all(|b| b.len() == n + 1));
+        assert_eq!(same_blocks(&beams[2], &base), [true, true, false]);
+    }
 }

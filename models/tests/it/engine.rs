@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use candle_core::Tensor;
 use tessera_models::engine::{Engine, PREFILL_CHUNK_TOKENS, PrefixCacheLimits};
-use tessera_models::generate::{BeamParams, FinishReason, GenerateParams};
+use tessera_models::generate::{self, BeamParams, Completion, FinishReason, GenerateParams};
 use tessera_models::kv_cache::SeqCache;
 use tessera_models::model::{BatchItem, CausalLm, ModelInfo};
 use tessera_models::sampling::Sampling;
@@ -111,8 +111,25 @@ fn one_beam_equals_greedy() {
             ..Default::default()
         };
         let g = e.generate_tokens(&prompt(), &greedy, None, None).unwrap();
-        let b = e.generate_tokens(&prompt(), &beam(1, 1, 10), None, None).unwrap();
-        assert_eq!(g.completions[0].tokens, b.completions[0].tokens, "{name}");
+        // The engine routes one beam to greedy decoding, so call the beam search itself.
+        let params = beam(1, 1, 10);
+        let (prefilled, _) = e.prefill(&prompt()).unwrap();
+        let (b, steps) = generate::generate_beam(
+            e.model(),
+            &prompt(),
+            prefilled,
+            &params,
+            params.beams.as_ref().unwrap(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(b.len(), 1, "{name}");
+        assert_eq!(steps, 9, "{name}: the beam search ran its own decode steps");
+        assert_eq!(b[0].tokens, g.completions[0].tokens, "{name}");
+        assert_eq!(b[0].finish_reason, FinishReason::Length, "{name}");
+        // Same log-probabilities, divided by the length (length_penalty 1).
+        let want = g.completions[0].score / 10.0;
+        assert!((b[0].score - want).abs() <= 1e-5, "{name}: {} vs {want}", b[0].score);
     }
 }
 
@@ -211,6 +228,59 @@ fn prefix_cache_is_bounded() {
     // Entry 10 was evicted, 12 is still there.
     assert_eq!(e.prefill(&p(10)).unwrap().1, 0);
     assert_eq!(e.prefill(&p(12)).unwrap().1, 4);
+}
+
+#[test]
+fn prefix_cache_evicts_the_least_recently_used_entry() {
+    let model = load_fixture_llama("qwen2");
+    let e = Engine::with_limits(
+        model,
+        PrefixCacheLimits {
+            max_entries: 2,
+            max_tokens: 1000,
+        },
+    );
+    let first = vec![10, 1, 2, 3, 4];
+    let second = vec![11, 1, 2, 3, 4];
+    e.prefill(&first).unwrap();
+    e.prefill(&second).unwrap();
+    // A different prompt that reuses `first` (a use, not a re-insertion of it); caching it
+    // makes three entries, so one must go: the unused `second`, though it is newer.
+    let (_, reused) = e.prefill(&[10, 1, 2, 3, 99, 98]).unwrap();
+    assert_eq!(reused, 4, "the lookup used the first entry");
+    let mut longer = first.clone();
+    longer.push(7);
+    assert_eq!(
+        e.prefill(&longer).unwrap().1,
+        first.len(),
+        "the first entry survived whole"
+    );
+    assert_eq!(e.prefill(&second).unwrap().1, 0, "the second entry was evicted");
+}
+
+#[test]
+fn prefix_cache_is_bounded_by_cached_tokens() {
+    let model = load_fixture_llama("qwen2");
+    let e = Engine::with_limits(
+        model,
+        PrefixCacheLimits {
+            max_entries: 8,
+            max_tokens: 12,
+        },
+    );
+    let p = |x: u32| vec![x, 1, 2, 3, 4];
+    e.prefill(&p(10)).unwrap();
+    e.prefill(&p(11)).unwrap();
+    // 15 cached tokens > 12: the oldest entry goes although far fewer than 8 are held.
+    e.prefill(&p(12)).unwrap();
+    assert_eq!(e.prefill(&p(11)).unwrap().1, 4);
+    assert_eq!(e.prefill(&p(12)).unwrap().1, 4);
+    assert_eq!(e.prefill(&p(10)).unwrap().1, 0);
+    // A prompt longer than the whole budget is still kept on its own, replacing the rest.
+    let long: Vec<u32> = (0..20).collect();
+    e.prefill(&long).unwrap();
+    assert_eq!(e.prefill(&long).unwrap().1, long.len() - 1);
+    assert_eq!(e.prefill(&p(12)).unwrap().1, 0);
 }
 
 /// A model wrapper that raises the cancel flag after a number of forward calls.
@@ -322,6 +392,64 @@ fn eos_stops_and_is_reported() {
     let g = e.generate_tokens(&exp.input_ids[0], &params, None, None).unwrap();
     assert_eq!(g.completions[0].finish_reason, FinishReason::Eos);
     assert_eq!(g.completions[0].tokens, exp.greedy[..4]);
+}
+
+/// Text whose bytes a detokenizer reveals one per generated token: multi-byte characters
+/// (2, 3 and 4 bytes), a false start of the stop string, then the stop string.
+const STREAMED: &str = "é<E→😀 ñ<END>tail";
+const STREAM_STOP: &str = "<END>";
+
+/// Greedy generation on the tiny model, detokenized as the first n bytes of [`STREAMED`]
+/// for n generated tokens (lossily, as a real detokenizer shows a split character), with
+/// every streamed delta recorded.
+fn stream_bytes(stop_strings: Vec<String>, max_new_tokens: usize) -> (Vec<String>, Completion) {
+    let e = engine("qwen2");
+    let detok = |ids: &[u32]| -> tessera_models::Result<String> {
+        Ok(String::from_utf8_lossy(&STREAMED.as_bytes()[..ids.len()]).into_owned())
+    };
+    let mut deltas: Vec<String> = Vec::new();
+    let mut on_text = |seq: usize, d: &str| {
+        assert_eq!(seq, 0);
+        deltas.push(d.to_owned());
+    };
+    let params = GenerateParams {
+        max_new_tokens,
+        stop_strings,
+        ..Default::default()
+    };
+    let g = e
+        .generate_tokens(&prompt(), &params, Some(&detok), Some(&mut on_text))
+        .unwrap();
+    (deltas, g.completions.into_iter().next().unwrap())
+}
+
+#[test]
+fn streaming_never_shows_split_characters_or_a_stop_string_prefix() {
+    let (deltas, c) = stream_bytes(vec![STREAM_STOP.into()], STREAMED.len());
+    assert_eq!(c.finish_reason, FinishReason::Stop);
+    assert_eq!(c.text, "é<E→😀 ñ");
+    assert!(deltas.len() > 3, "streamed as it went: {deltas:?}");
+    let mut shown = String::new();
+    for d in &deltas {
+        assert!(!d.is_empty());
+        assert!(!d.contains('\u{FFFD}'), "a split character was streamed: {deltas:?}");
+        shown.push_str(d);
+        // What the client has seen never ends in a start of the stop string: it could
+        // turn out to be the stop and then would have to be taken back.
+        for k in 1..STREAM_STOP.len() {
+            assert!(!shown.ends_with(&STREAM_STOP[..k]), "{shown:?} after {deltas:?}");
+        }
+    }
+    assert_eq!(shown, c.text);
+    // The false start was held back, then released with the character that ruled it out.
+    assert!(deltas.iter().any(|d| d.starts_with("<E→")), "{deltas:?}");
+
+    // Without a stop string every byte arrives, whole characters only.
+    let (deltas, c) = stream_bytes(Vec::new(), STREAMED.len());
+    assert_eq!(c.finish_reason, FinishReason::Length);
+    assert_eq!(c.text, STREAMED);
+    assert!(deltas.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
+    assert_eq!(deltas.concat(), STREAMED);
 }
 
 #[test]

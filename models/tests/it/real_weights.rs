@@ -75,6 +75,34 @@ fn stop_strings_and_predicates_cut_the_text() {
 }
 
 #[test]
+fn a_stop_string_spanning_several_tokens_cuts_the_text() {
+    const STOP: &str = "% 2 =";
+    let m = qwen();
+    let g = m.generate(FIM, &greedy(8), None).unwrap();
+    let tokens = &g.completions[0].tokens;
+    // Where the stop string starts and ends in the unstopped completion, token by token:
+    // it must start in an earlier token than the one that completes it.
+    let decoded = |n: usize| m.tokenizer.decode(&tokens[..n], true).unwrap();
+    let start = decoded(tokens.len())
+        .find(STOP)
+        .expect("the completion contains the stop");
+    let first = (1..=tokens.len()).find(|&n| decoded(n).len() > start).unwrap();
+    let last = (1..=tokens.len()).find(|&n| decoded(n).contains(STOP)).unwrap();
+    assert!(last > first, "{STOP:?} lies within one token of {tokens:?}");
+
+    let mut params = greedy(8);
+    params.stop_strings = vec![STOP.into()];
+    let g = m.generate(FIM, &params, None).unwrap();
+    assert_eq!(g.completions[0].text, "n ");
+    assert_eq!(g.completions[0].finish_reason, FinishReason::Stop);
+    assert_eq!(
+        g.completions[0].tokens,
+        tokens[..last],
+        "stopped on the token completing it"
+    );
+}
+
+#[test]
 fn streamed_deltas_add_up_to_the_text() {
     let mut streamed = String::new();
     let mut on_text = |_: usize, d: &str| streamed.push_str(d);
