@@ -207,6 +207,7 @@ fn transcribe_file(
         audio_s = transcript.duration,
         wall_s = t0.elapsed().as_secs_f32(),
         segments = transcript.segments.len(),
+        peak_rss_mib = peak_rss_mib().unwrap_or(0),
         "transcribed"
     );
     let text = render(&transcript, args.format);
@@ -229,6 +230,16 @@ fn transcribe_file(
         }
     }
     Ok(())
+}
+
+/// This process's peak resident memory so far (Linux's `VmHWM`), for the log. A parent
+/// cannot measure it reliably: `wait4` reports at least the parent's own size at the time
+/// of the spawn, which the child's mapping briefly shared.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 #[cfg(test)]
