@@ -6,6 +6,10 @@
 //! a sequence rebuilds only its last, partly filled block (copy-on-write), so forking a
 //! 4,000-token cache for a beam costs a few pointer copies, and reordering beams copies
 //! nothing. Keys and values are stored per layer as `[kv_heads, tokens, head_dim]`.
+//!
+//! A sequence may also attend to keys and values that are not its own: an encoder's output
+//! for cross-attention (Whisper's decoder over its audio window). They are computed once,
+//! never change, and travel with the cache as its [`Context`]: every fork shares them.
 
 use std::sync::Arc;
 
@@ -25,11 +29,19 @@ struct Block {
     len: usize,
 }
 
+/// Keys and values a sequence attends to besides its own positions (an encoder's, for
+/// cross-attention), per layer in the model's own layout. Immutable and shared by forks.
+#[derive(Debug)]
+pub struct Context {
+    pub layers: Vec<(Tensor, Tensor)>,
+}
+
 /// The cached keys and values of one sequence, and the tokens they were computed for.
 #[derive(Debug, Clone, Default)]
 pub struct SeqCache {
     blocks: Vec<Arc<Block>>,
     tokens: Vec<u32>,
+    context: Option<Arc<Context>>,
 }
 
 impl SeqCache {
@@ -51,7 +63,20 @@ impl SeqCache {
         &self.tokens
     }
 
-    /// A cheap copy sharing every block: an `Arc` clone per block.
+    /// An empty cache whose sequence also attends to `context` (cross-attention).
+    pub fn with_context(context: Arc<Context>) -> Self {
+        SeqCache {
+            context: Some(context),
+            ..Self::default()
+        }
+    }
+
+    /// The keys and values this sequence cross-attends to, if any.
+    pub fn context(&self) -> Option<&Arc<Context>> {
+        self.context.as_ref()
+    }
+
+    /// A cheap copy sharing every block and the context: an `Arc` clone each.
     pub fn fork(&self) -> Self {
         self.clone()
     }
@@ -203,6 +228,26 @@ mod tests {
         assert_eq!(c.len(), 73);
         assert_eq!(&layer0(&c)[68..], &[68.0, 69.0, 500.0, 501.0, 502.0]);
         assert_eq!(&c.tokens()[69..], &[69, 7, 8, 9]);
+    }
+
+    #[test]
+    fn the_cross_attention_context_is_shared_by_forks_and_kept_through_truncation() {
+        let (k, v) = kv(0, 3);
+        let context = Arc::new(Context {
+            layers: k.into_iter().zip(v).collect(),
+        });
+        let mut a = SeqCache::with_context(context.clone());
+        assert!(a.is_empty());
+        let (k, v) = kv(10, 70);
+        a.append(&(0..70).collect::<Vec<_>>(), k, v).unwrap();
+        let mut b = a.fork();
+        b.truncate(5).unwrap();
+        for c in [&a, &b] {
+            assert!(Arc::ptr_eq(c.context().unwrap(), &context));
+        }
+        // Forks and truncations add no copy: the context's owners are these caches and us.
+        assert_eq!(Arc::strong_count(&context), 3);
+        assert!(SeqCache::new().context().is_none());
     }
 
     #[test]

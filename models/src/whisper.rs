@@ -15,9 +15,10 @@
 //! State stays outside the weights: [`Whisper::encode`] returns [`AudioFeatures`] (the
 //! encoder output plus every decoder layer's cross-attention keys and values, computed
 //! once per audio window), and a [`WhisperDecoder`] holds one engine [`SeqCache`] per
-//! sequence for the self-attention, so beams fork copy-on-write and reorder by cloning
-//! `Arc`s. Sequences of one step may read different audios; all sequences reading the
-//! same audio share its keys and values and run their cross-attention as one matmul.
+//! sequence: its self-attention keys and values, and as the cache's context its audio's
+//! cross-attention ones, so beams fork copy-on-write and reorder by cloning `Arc`s.
+//! Sequences of one step may read different audios; all sequences reading the same audio
+//! share one context and run their cross-attention as one matmul.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::ct2::{Ct2DType, Ct2File};
-use crate::kv_cache::SeqCache;
+use crate::kv_cache::{Context, SeqCache};
 use crate::layers::LayerNorm;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{Linear, WeightStore};
@@ -1082,11 +1083,30 @@ impl Whisper {
             ));
         }
         check_audio_indices(audio_index_per_sequence, features.len())?;
+        // Each audio's cross-attention keys and values become the context of the caches
+        // of the sequences that read it (views of the features' tensors: no copy).
+        let mut contexts: Vec<Option<Arc<Context>>> = vec![None; features.len()];
+        let mut caches = Vec::with_capacity(audio_index_per_sequence.len());
+        for &audio in audio_index_per_sequence {
+            let context = match &contexts[audio] {
+                Some(c) => c.clone(),
+                None => {
+                    let layers = features
+                        .cross
+                        .iter()
+                        .map(|(k_t, v)| Ok((k_t.get(audio)?, v.get(audio)?)))
+                        .collect::<Result<Vec<_>>>()?;
+                    let c = Arc::new(Context { layers });
+                    contexts[audio] = Some(c.clone());
+                    c
+                }
+            };
+            caches.push(SeqCache::with_context(context));
+        }
         let mut dec = WhisperDecoder {
             model: self.inner.clone(),
-            features: features.clone(),
             audio: audio_index_per_sequence.to_vec(),
-            caches: vec![SeqCache::new(); audio_index_per_sequence.len()],
+            caches,
             groups: Vec::new(),
             restore: None,
         };
@@ -1158,20 +1178,22 @@ fn encoder_attention(qkv: &Tensor, b: usize, ctx: usize, heads: usize, hd: usize
 /// A group of sequences reading the same audio: their cross-attention is one matmul.
 #[derive(Debug, Clone)]
 struct Group {
-    audio: usize,
+    /// A sequence of the group: all of them read the same audio, whose cross-attention
+    /// keys and values are this one's cache context.
+    first: usize,
     /// The group's sequence indices (u32), for gathering their rows.
     rows: Tensor,
     len: usize,
 }
 
 /// The decoder state of a batch of sequences (beams of one audio, or sequences of several
-/// audios) over one [`AudioFeatures`]: a self-attention [`SeqCache`] per sequence. All
+/// audios) over one [`AudioFeatures`]: an engine [`SeqCache`] per sequence, holding its
+/// self-attention keys and values and, as its context, its audio's cross-attention ones. All
 /// sequences have the same length; the batch may shrink or grow through
 /// [`reorder`](Self::reorder).
 #[derive(Clone)]
 pub struct WhisperDecoder {
     model: Arc<Inner>,
-    features: AudioFeatures,
     audio: Vec<usize>,
     caches: Vec<SeqCache>,
     groups: Vec<Group>,
@@ -1206,6 +1228,12 @@ impl WhisperDecoder {
     /// The tokens fed to sequence `i` so far. Panics if `i >= n_sequences()`.
     pub fn tokens(&self, i: usize) -> &[u32] {
         self.caches[i].tokens()
+    }
+
+    /// Sequence `i`'s engine cache: its self-attention blocks and, as context, its audio's
+    /// cross-attention keys and values. Panics if `i >= n_sequences()`.
+    pub fn cache(&self, i: usize) -> &SeqCache {
+        &self.caches[i]
     }
 
     /// The audio each sequence reads.
@@ -1268,7 +1296,7 @@ impl WhisperDecoder {
                     .collect();
                 order.extend_from_slice(&rows);
                 Ok(Group {
-                    audio,
+                    first: rows[0] as usize,
                     len: rows.len(),
                     rows: Tensor::new(rows.as_slice(), device)?,
                 })
@@ -1450,9 +1478,12 @@ impl WhisperDecoder {
         let cfg = &self.model.config;
         let (d, heads) = (cfg.d_model, cfg.n_text_head);
         let hd = d / heads;
-        let (k_t, v) = &self.features.cross[layer];
         let mut outs = Vec::with_capacity(self.groups.len());
         for g in &self.groups {
+            let context = self.caches[g.first]
+                .context()
+                .ok_or_else(|| Error::InvalidInput("a whisper sequence's cache has no audio context".into()))?;
+            let (k_t, v) = &context.layers[layer];
             let qg = if self.groups.len() == 1 {
                 q.clone()
             } else {
@@ -1460,9 +1491,9 @@ impl WhisperDecoder {
             };
             // Every sequence's rows stacked under each head: [heads, g * n, hd].
             let qg = qg.reshape((g.len * n, heads, hd))?.transpose(0, 1)?.contiguous()?;
-            let scores = qg.matmul(&k_t.get(g.audio)?)?; // [heads, g * n, ctx]
+            let scores = qg.matmul(k_t)?; // [heads, g * n, ctx]
             let probs = crate::layers::softmax_last_dim(&scores)?;
-            let o = probs.matmul(&v.get(g.audio)?)?; // [heads, g * n, hd]
+            let o = probs.matmul(v)?; // [heads, g * n, hd]
             outs.push(o.transpose(0, 1)?.reshape((g.len, n * d))?);
             if let Some(c) = capture.as_deref_mut().filter(|_| self.caches.len() == 1) {
                 c.push(scores);

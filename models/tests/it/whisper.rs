@@ -261,9 +261,19 @@ fn sequences_of_different_audios_interleaved() {
         let want = alone(&model, &features, audios[i], seqs[i]);
         assert_close(&format!("sequence {i}"), &logits.get(i).unwrap(), &want, TOL);
     }
-    // After a reorder the audio follows its sequence.
+    // Each sequence's engine cache holds its audio's cross-attention keys and values as
+    // its context, one shared context per audio.
+    let context = |dec: &tessera_models::whisper::WhisperDecoder, i: usize| dec.cache(i).context().unwrap().clone();
+    assert!(std::sync::Arc::ptr_eq(&context(&dec, 0), &context(&dec, 2)));
+    assert!(std::sync::Arc::ptr_eq(&context(&dec, 1), &context(&dec, 3)));
+    assert!(!std::sync::Arc::ptr_eq(&context(&dec, 0), &context(&dec, 1)));
+    assert_eq!(context(&dec, 0).layers.len(), model.config().n_text_layer);
+    let (before_0, before_1) = (context(&dec, 0), context(&dec, 1));
+    // After a reorder the audio (and its context) follows its sequence.
     dec.reorder(&[3, 0]).unwrap();
     assert_eq!(dec.audio_indices(), &[0, 1]);
+    assert!(std::sync::Arc::ptr_eq(&context(&dec, 0), &before_1));
+    assert!(std::sync::Arc::ptr_eq(&context(&dec, 1), &before_0));
     let logits = dec.step(&[&[32], &[33]]).unwrap();
     for (i, (src, t)) in [(3usize, 32u32), (0, 33)].into_iter().enumerate() {
         let mut seq = seqs[src].to_vec();
