@@ -25,8 +25,9 @@ const BLOCK: usize = 1024;
 /// `center=True` pads with `N_FFT / 2` reflected samples).
 const HEAD: usize = N_FFT / 2 + 1;
 
-/// Files up to this long are decoded into memory once; longer ones are streamed twice. Ten
-/// minutes is 38 MB of samples and 19 MB of spectrogram.
+/// Files up to this long are decoded into memory once; longer ones are streamed twice
+/// (their first ten minutes three times: reading stops at the limit, then both passes
+/// start over). Ten minutes is 38 MB of samples and 19 MB of spectrogram.
 pub const IN_MEMORY_SAMPLES: usize = 600 * crate::SAMPLE_RATE as usize;
 
 /// A padded log-mel spectrogram (openai's `log_mel_spectrogram(audio, padding=N_SAMPLES)`)
