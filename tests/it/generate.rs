@@ -299,15 +299,7 @@ fn unusable_model_files_are_clear_errors() {
 
     // A complete checkpoint (the tokenizer loads) whose config disagrees with its weights.
     let wrong_size = dir.path().join("wrong-size");
-    tiny_checkpoint(&wrong_size);
-    let config = wrong_size.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("\"intermediate_size\": 96"), "{text}");
-    std::fs::write(
-        &config,
-        text.replace("\"intermediate_size\": 96", "\"intermediate_size\": 100"),
-    )
-    .unwrap();
+    tiny_checkpoint_edited(&wrong_size, "\"intermediate_size\": 96", "\"intermediate_size\": 100");
     generate(
         wrong_size.to_str().unwrap(),
         &[
@@ -317,21 +309,24 @@ fn unusable_model_files_are_clear_errors() {
     );
 
     let mamba_dir = dir.path().join("mamba-checkpoint");
-    tiny_checkpoint(&mamba_dir);
-    let config = mamba_dir.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("\"model_type\": \"qwen2\""), "{text}");
-    std::fs::write(
-        &config,
-        text.replace("\"model_type\": \"qwen2\"", "\"model_type\": \"mamba\""),
-    )
-    .unwrap();
+    tiny_checkpoint_edited(&mamba_dir, "\"model_type\": \"qwen2\"", "\"model_type\": \"mamba\"");
     generate(
         mamba_dir.to_str().unwrap(),
         &["config.json", "unsupported model_type \"mamba\"", "supported: llama"],
     );
-    std::fs::write(&config, text.replace("\"model_type\": \"qwen2\",", "")).unwrap();
-    generate(mamba_dir.to_str().unwrap(), &["config.json", "model_type is missing"]);
+    let no_type = dir.path().join("no-model-type");
+    tiny_checkpoint_edited(&no_type, "\"model_type\": \"qwen2\",", "");
+    generate(no_type.to_str().unwrap(), &["config.json", "model_type is missing"]);
+}
+
+/// [`tiny_checkpoint`] in `dir` with `from` (which must be there) replaced by `to` in its
+/// config.json.
+fn tiny_checkpoint_edited(dir: &Path, from: &str, to: &str) {
+    tiny_checkpoint(dir);
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(from), "{from} not in {text}");
+    std::fs::write(&config, text.replace(from, to)).unwrap();
 }
 
 #[test]

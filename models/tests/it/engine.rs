@@ -211,16 +211,19 @@ fn prefix_reuse_gives_the_same_logits_as_a_cold_prefill() {
     drop(first);
 }
 
+fn qwen2_engine_with_limits(max_entries: usize, max_tokens: usize) -> Engine {
+    Engine::with_limits(
+        load_fixture_llama("qwen2"),
+        PrefixCacheLimits {
+            max_entries,
+            max_tokens,
+        },
+    )
+}
+
 #[test]
 fn prefix_cache_is_bounded() {
-    let model = load_fixture_llama("qwen2");
-    let e = Engine::with_limits(
-        model,
-        PrefixCacheLimits {
-            max_entries: 2,
-            max_tokens: 1000,
-        },
-    );
+    let e = qwen2_engine_with_limits(2, 1000);
     let p = |x: u32| vec![x, 1, 2, 3, 4];
     for x in 10..13 {
         e.prefill(&p(x)).unwrap();
@@ -232,14 +235,7 @@ fn prefix_cache_is_bounded() {
 
 #[test]
 fn prefix_cache_evicts_the_least_recently_used_entry() {
-    let model = load_fixture_llama("qwen2");
-    let e = Engine::with_limits(
-        model,
-        PrefixCacheLimits {
-            max_entries: 2,
-            max_tokens: 1000,
-        },
-    );
+    let e = qwen2_engine_with_limits(2, 1000);
     let first = vec![10, 1, 2, 3, 4];
     let second = vec![11, 1, 2, 3, 4];
     e.prefill(&first).unwrap();
@@ -260,14 +256,7 @@ fn prefix_cache_evicts_the_least_recently_used_entry() {
 
 #[test]
 fn prefix_cache_is_bounded_by_cached_tokens() {
-    let model = load_fixture_llama("qwen2");
-    let e = Engine::with_limits(
-        model,
-        PrefixCacheLimits {
-            max_entries: 8,
-            max_tokens: 12,
-        },
-    );
+    let e = qwen2_engine_with_limits(8, 12);
     let p = |x: u32| vec![x, 1, 2, 3, 4];
     e.prefill(&p(10)).unwrap();
     e.prefill(&p(11)).unwrap();
