@@ -54,6 +54,8 @@ fn default_log_filter(log: &str) -> String {
 
 fn main() -> ExitCode {
     tessera_models::allocator::keep_freed_buffers();
+    // Dependency panics that the libraries catch and report as errors print nothing.
+    tessera_models::panics::install_quiet_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

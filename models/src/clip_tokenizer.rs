@@ -157,8 +157,7 @@ impl ClipTokenizer {
     /// From a `tokenizer.json`.
     pub fn from_file(path: &Path, context_length: usize) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::format(path, format!("not a tokenizer.json: {e}")))?;
+        let inner = crate::tokenizer::parse_tokenizer_json(&bytes, path)?;
         Self::new(inner, context_length, path)
     }
 

@@ -20,6 +20,7 @@ pub mod layers;
 pub mod llama;
 pub mod loader;
 pub mod model;
+pub mod panics;
 pub mod sampling;
 pub mod starcoder2;
 #[cfg(test)]

@@ -134,7 +134,11 @@ impl LlamaConfig {
         if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
             return bad(format!("head dimension {} must be even and positive", self.head_dim()));
         }
-        if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.hidden_size == 0 {
+        if self.num_hidden_layers == 0
+            || self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.max_position_embeddings == 0
+        {
             return bad("config declares an empty model".into());
         }
         if self.max_position_embeddings > 1 << 20 {
@@ -243,7 +247,9 @@ impl Llama {
             ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
         };
         let embed = store.embedding(embed_name, cfg.vocab_size, h, device)?;
-        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        // Not sized by the config: a hostile layer count must fail at its first missing tensor,
+        // not in the allocator.
+        let mut blocks = Vec::new();
         for layer in 0..cfg.num_hidden_layers {
             let [an, q, k, v, o, mn, gate, up, down] = names(gguf, layer);
             let lin = |name: &str, out, inp, b| Linear::load(store, name, out, inp, b, device);

@@ -149,7 +149,9 @@ impl StarCoder2 {
             "model.embed_tokens.weight"
         };
         let embed = store.embedding(embed_name, cfg.vocab_size, h, device)?;
-        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        // Not sized by the config: a hostile layer count must fail at its first missing tensor,
+        // not in the allocator.
+        let mut blocks = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let n = |hf: &str, gg: &str| {
                 if gguf {

@@ -133,12 +133,26 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// Parses a `tokenizer.json`. The `tokenizers` crate panics on some malformed files (its
+/// decoder and normalizer deserializers `expect` where they should return errors: a
+/// `decoder` that is not an object, a bad `precompiled_charsmap`), so a panic there is
+/// caught and becomes an error naming the file, like its ordinary parse errors.
+pub(crate) fn parse_tokenizer_json(bytes: &[u8], path: &Path) -> Result<tokenizers::Tokenizer> {
+    match crate::panics::catch(|| tokenizers::Tokenizer::from_bytes(bytes)) {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(Error::format(path, format!("not a tokenizer.json: {e}"))),
+        Err(why) => Err(Error::format(
+            path,
+            format!("not a tokenizer.json the tokenizers library can read ({why})"),
+        )),
+    }
+}
+
 impl Tokenizer {
     /// Load a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::format(path, format!("not a tokenizer.json: {e}")))?;
+        let mut inner = parse_tokenizer_json(&bytes, path)?;
         // Some files ship with truncation or padding switched on (sentence-embedding
         // tokenizers pad to 128): prompts must never be cut or padded behind our back.
         inner

@@ -317,6 +317,21 @@ fn unusable_model_files_are_clear_errors() {
     let no_type = dir.path().join("no-model-type");
     tiny_checkpoint_edited(&no_type, "\"model_type\": \"qwen2\",", "");
     generate(no_type.to_str().unwrap(), &["config.json", "model_type is missing"]);
+
+    // A syntax error inside the decoder section, which the `tokenizers` crate panics on
+    // (it `expect`s its own parse there): an error naming the file, and no panic message
+    // on stderr (`fails_with` checks).
+    let bad_decoder = dir.path().join("bad-decoder");
+    tiny_checkpoint(&bad_decoder);
+    let tokenizer = bad_decoder.join("tokenizer.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tokenizer).unwrap()).unwrap();
+    json["decoder"] = serde_json::json!({"type": "ByteLevel", "trim_offsets": "MARK"});
+    let text = json.to_string().replace("\"MARK\"", "tru");
+    std::fs::write(&tokenizer, text).unwrap();
+    generate(
+        bad_decoder.to_str().unwrap(),
+        &["tokenizer.json", "not a tokenizer.json the tokenizers library can read"],
+    );
 }
 
 /// [`tiny_checkpoint`] in `dir` with `from` (which must be there) replaced by `to` in its

@@ -67,9 +67,14 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<Rgb
     if bytes.is_empty() {
         return Err(Error::decode(path, "the file is empty"));
     }
-    let image = match std::panic::catch_unwind(|| decode_dynamic(bytes, path, opts)) {
+    let image = match tessera_models::panics::catch(|| decode_dynamic(bytes, path, opts)) {
         Ok(result) => result?,
-        Err(_) => return Err(Error::decode(path, "the image decoder crashed on this file")),
+        Err(why) => {
+            return Err(Error::decode(
+                path,
+                format!("the image decoder crashed on this file ({why})"),
+            ));
+        }
     };
     Ok(to_rgb8(image))
 }

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod common;
+mod corruption;
 mod formats;
 mod mel_parity;
 mod resampling;

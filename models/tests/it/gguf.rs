@@ -29,7 +29,17 @@ fn permute(w: &Tensor, heads: usize) -> Tensor {
 }
 
 /// Converts a fixture checkpoint to GGUF the way llama.cpp names and lays out tensors.
-fn convert(name: &str, arch: &str, out: &Path) {
+pub(crate) fn convert(name: &str, arch: &str, out: &Path) {
+    convert_with(name, arch, out, |_| {});
+}
+
+/// [`convert`], with the metadata edited before it is written.
+pub(crate) fn convert_with(
+    name: &str,
+    arch: &str,
+    out: &Path,
+    edit_metadata: impl FnOnce(&mut Vec<(String, gguf_file::Value)>),
+) {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap();
     let n = |k: &str| cfg[k].as_u64().unwrap() as u32;
@@ -117,6 +127,7 @@ fn convert(name: &str, arch: &str, out: &Path) {
             gguf_file::Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
         ),
     });
+    edit_metadata(&mut md);
     let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out).unwrap();

@@ -4,6 +4,7 @@
 
 mod clip;
 mod common;
+mod corruption;
 mod engine;
 mod gguf;
 mod parity;

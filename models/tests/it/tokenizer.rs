@@ -23,7 +23,7 @@ fn cached(relative: &str) -> PathBuf {
     path
 }
 
-fn model_path(name: &str) -> PathBuf {
+pub(crate) fn model_path(name: &str) -> PathBuf {
     cached(&format!("models/{name}/model.gguf"))
 }
 
@@ -277,7 +277,7 @@ fn qwen_vocabulary_is_complete() {
 }
 
 /// The tiny SentencePiece BPE vocabulary of `fixtures/spm_tiny.json`, as GGUF metadata.
-fn spm_tiny() -> (GgufVocab, serde_json::Value) {
+pub(crate) fn spm_tiny() -> (GgufVocab, serde_json::Value) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm_tiny.json");
     let table: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("spm_tiny.json")).unwrap();
     let field = |key: &str| table[key].clone();

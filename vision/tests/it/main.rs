@@ -5,6 +5,7 @@
 mod bad_input;
 mod clip;
 mod common;
+mod corruption;
 mod decode;
 mod index;
 mod preprocess;
