@@ -4,6 +4,7 @@
 mod complete;
 mod generate;
 mod lsp;
+mod lsp_hostile;
 mod transcribe;
 mod transcribe_long;
 mod vision;
