@@ -66,9 +66,10 @@ std::thread_local! {
 const PARALLEL_WORK: usize = 1 << 20;
 
 /// `softmax(q·kᵀ · scale) · V` for each new token of each sequence, with causal masking
-/// among the new tokens.
-pub fn attend(heads: Heads, scale: f32, sequences: &mut [SequenceAttention<'_>]) -> Result<()> {
-    attend_with(heads, scale, sequences, has_avx512(), true)
+/// among the new tokens. With a sliding `window` (Mistral's, StarCoder2's), the token at
+/// position `p` sees only positions `p - window + 1 ..= p`.
+pub fn attend(heads: Heads, scale: f32, window: Option<usize>, sequences: &mut [SequenceAttention<'_>]) -> Result<()> {
+    attend_with(heads, scale, window, sequences, has_avx512(), true)
 }
 
 /// Positions that sequences must share (the same blocks, at the start of every one) for
@@ -80,6 +81,7 @@ const MIN_SHARED_POSITIONS: usize = 64;
 fn attend_with(
     heads: Heads,
     scale: f32,
+    window: Option<usize>,
     sequences: &mut [SequenceAttention<'_>],
     avx512: bool,
     share: bool,
@@ -90,9 +92,12 @@ fn attend_with(
             "{query} query heads cannot share {key_value} key/value heads of size {dim}"
         )));
     }
+    if window == Some(0) {
+        return Err(Error::AttentionShape("a sliding window of 0 positions".into()));
+    }
     let group = query / key_value;
     let token_width = query * dim;
-    let shared = if share { shared_spans(sequences, token_width) } else { 0 };
+    let mut shared = if share { shared_spans(sequences, token_width) } else { 0 };
     let mut units = Vec::new();
     let mut work = 0usize;
     for (s, seq) in sequences.iter_mut().enumerate() {
@@ -131,10 +136,18 @@ fn attend_with(
         for (u, out) in seq.out.chunks_mut(group * dim).enumerate() {
             let (token, kv_head) = (u / key_value, u % key_value);
             let first_head = kv_head * group;
+            let visible = total - n + token + 1;
+            let first = window.map_or(0, |w| visible.saturating_sub(w));
+            if first > 0 {
+                // The shared blocks are read from position 0 for every beam; a window
+                // that starts later is attended beam by beam.
+                shared = 0;
+            }
             units.push(Unit {
                 queries: &queries[token * token_width + first_head * dim..][..group * dim],
                 spans,
-                visible: total - n + token + 1,
+                first,
+                visible,
                 kv_head,
                 out,
             });
@@ -195,7 +208,9 @@ struct Unit<'s, 'a> {
     /// `group` query rows of one token.
     queries: &'s [f32],
     spans: &'s [KvSpan<'a>],
-    /// Positions this token sees (a prefix of the spans).
+    /// Positions this token sees: `first..visible` of the spans (`first` > 0 only under a
+    /// sliding window).
+    first: usize,
     visible: usize,
     kv_head: usize,
     out: &'s mut [f32],
@@ -240,32 +255,33 @@ fn run_unit_generic<const FMA: bool>(u: &mut Unit<'_, '_>, shape: UnitShape) {
 #[inline(always)]
 fn run_unit_sized<const FMA: bool, const D: usize>(u: &mut Unit<'_, '_>, shape: UnitShape) {
     let UnitShape { group, scale, .. } = shape;
-    let visible = u.visible;
-    SCORES.with_borrow_mut(|scores| run_unit_sized_with::<FMA, D>(u, group, scale, visible, scores));
+    SCORES.with_borrow_mut(|scores| run_unit_sized_with::<FMA, D>(u, group, scale, scores));
 }
 
+/// Score rows are indexed from the unit's first visible position.
 #[inline(always)]
 fn run_unit_sized_with<const FMA: bool, const D: usize>(
     u: &mut Unit<'_, '_>,
     group: usize,
     scale: f32,
-    visible: usize,
     scores: &mut Vec<f32>,
 ) {
+    let (first, visible) = (u.first, u.visible);
+    let seen = visible - first;
     scores.clear();
-    scores.resize(group * visible, 0.0);
+    scores.resize(group * seen, 0.0);
     for (h, q) in u.queries.chunks_exact(D).enumerate() {
         let q: &[f32; D] = q.try_into().expect("rows of D");
-        let row = &mut scores[h * visible..][..visible];
-        for (pos, keys) in visible_rows(u.spans, u.kv_head, D, visible, Part::Keys) {
+        let row = &mut scores[h * seen..][..seen];
+        for (pos, keys) in visible_rows(u.spans, u.kv_head, D, first, visible, Part::Keys) {
             score_rows::<FMA, D>(q, keys, scale, &mut row[pos..][..keys.len() / D]);
         }
         softmax_row(row);
     }
     u.out.fill(0.0);
-    for (pos, values) in visible_rows(u.spans, u.kv_head, D, visible, Part::Values) {
+    for (pos, values) in visible_rows(u.spans, u.kv_head, D, first, visible, Part::Values) {
         let rows = values.len() / D;
-        accumulate_heads::<FMA, D>(u.out, |h| &scores[h * visible + pos..][..rows], values);
+        accumulate_heads::<FMA, D>(u.out, |h| &scores[h * seen + pos..][..rows], values);
     }
 }
 
@@ -277,24 +293,25 @@ fn run_unit_any<const FMA: bool>(u: &mut Unit<'_, '_>, shape: UnitShape) {
 #[inline(always)]
 fn run_unit_any_with<const FMA: bool>(u: &mut Unit<'_, '_>, shape: UnitShape, scores: &mut Vec<f32>) {
     let UnitShape { group, dim, scale } = shape;
-    let visible = u.visible;
+    let (first, visible) = (u.first, u.visible);
+    let seen = visible - first;
     scores.clear();
-    scores.resize(group * visible, 0.0);
-    for (pos, keys) in visible_rows(u.spans, u.kv_head, dim, visible, Part::Keys) {
+    scores.resize(group * seen, 0.0);
+    for (pos, keys) in visible_rows(u.spans, u.kv_head, dim, first, visible, Part::Keys) {
         for (j, key) in keys.chunks_exact(dim).enumerate() {
             for (h, q) in u.queries.chunks_exact(dim).enumerate() {
-                scores[h * visible + pos + j] = dot::<FMA>(q, key) * scale;
+                scores[h * seen + pos + j] = dot::<FMA>(q, key) * scale;
             }
         }
     }
-    for row in scores.chunks_exact_mut(visible) {
+    for row in scores.chunks_exact_mut(seen) {
         softmax_row(row);
     }
     u.out.fill(0.0);
-    for (pos, values) in visible_rows(u.spans, u.kv_head, dim, visible, Part::Values) {
+    for (pos, values) in visible_rows(u.spans, u.kv_head, dim, first, visible, Part::Values) {
         for (j, value) in values.chunks_exact(dim).enumerate() {
             for (h, out) in u.out.chunks_exact_mut(dim).enumerate() {
-                axpy::<FMA>(out, scores[h * visible + pos + j], value);
+                axpy::<FMA>(out, scores[h * seen + pos + j], value);
             }
         }
     }
@@ -368,7 +385,7 @@ fn run_joint_sized<const FMA: bool, const D: usize>(
         for (h, q) in u.queries.chunks_exact(D).enumerate() {
             let q: &[f32; D] = q.try_into().expect("rows of D");
             let row = &mut scores[m * stride + h * u.visible..][..u.visible];
-            for (at, keys) in visible_rows(own, kv_head, D, u.visible - shared_len, Part::Keys) {
+            for (at, keys) in visible_rows(own, kv_head, D, 0, u.visible - shared_len, Part::Keys) {
                 score_rows::<FMA, D>(q, keys, scale, &mut row[shared_len + at..][..keys.len() / D]);
             }
             softmax_row(row);
@@ -389,7 +406,7 @@ fn run_joint_sized<const FMA: bool, const D: usize>(
     }
     for (m, u) in units.iter_mut().enumerate() {
         let own = &u.spans[shared..];
-        for (at, values) in visible_rows(own, kv_head, D, u.visible - shared_len, Part::Values) {
+        for (at, values) in visible_rows(own, kv_head, D, 0, u.visible - shared_len, Part::Values) {
             let rows = values.len() / D;
             let probs = |h: usize| &scores[m * stride + h * u.visible + shared_len + at..][..rows];
             accumulate_heads::<FMA, D>(u.out, probs, values);
@@ -451,24 +468,32 @@ fn visible_rows<'s>(
     spans: &'s [KvSpan<'s>],
     kv_head: usize,
     dim: usize,
+    first: usize,
     visible: usize,
     part: Part,
 ) -> impl Iterator<Item = (usize, &'s [f32])> {
-    let mut pos = 0;
-    spans.iter().map_while(move |span| {
-        let take = span.len.min(visible - pos);
-        if take == 0 {
-            return None;
-        }
-        let all = match part {
-            Part::Keys => span.keys,
-            Part::Values => span.values,
-        };
-        let rows = &all[kv_head * span.len * dim..][..take * dim];
-        let first = pos;
-        pos += take;
-        Some((first, rows))
-    })
+    let mut start = 0;
+    spans
+        .iter()
+        .map_while(move |span| {
+            let span_start = start;
+            start += span.len;
+            (span_start < visible).then_some((span_start, span))
+        })
+        .filter_map(move |(span_start, span)| {
+            // This span's rows `skip..take`, clipped to `first..visible`.
+            let skip = first.saturating_sub(span_start).min(span.len);
+            let take = span.len.min(visible - span_start);
+            if skip >= take {
+                return None;
+            }
+            let all = match part {
+                Part::Keys => span.keys,
+                Part::Values => span.values,
+            };
+            let rows = &all[(kv_head * span.len + skip) * dim..][..(take - skip) * dim];
+            Some((span_start + skip - first, rows))
+        })
 }
 
 #[derive(Clone, Copy)]
@@ -702,16 +727,30 @@ mod tests {
 
     /// Attention in f64 over one contiguous `[kv_heads, total, dim]` key and value matrix.
     fn reference(heads: Heads, scale: f64, q: &[f32], k: &[f32], v: &[f32], total: usize) -> Vec<f64> {
+        reference_windowed(heads, scale, None, q, k, v, total)
+    }
+
+    /// [`reference`] with a sliding window: position `p` sees `p - window + 1 ..= p`.
+    fn reference_windowed(
+        heads: Heads,
+        scale: f64,
+        window: Option<usize>,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        total: usize,
+    ) -> Vec<f64> {
         let Heads { query, key_value, dim } = heads;
         let group = query / key_value;
         let n = q.len() / (query * dim);
         let mut out = vec![0f64; q.len()];
         for t in 0..n {
             let visible = total - n + t + 1;
+            let first = window.map_or(0, |w| visible.saturating_sub(w));
             for h in 0..query {
                 let g = h / group;
                 let qrow = &q[(t * query + h) * dim..][..dim];
-                let scores: Vec<f64> = (0..visible)
+                let scores: Vec<f64> = (first..visible)
                     .map(|j| {
                         let krow = &k[(g * total + j) * dim..][..dim];
                         qrow.iter().zip(krow).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
@@ -720,7 +759,7 @@ mod tests {
                 let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let sum: f64 = exps.iter().sum();
-                for (j, e) in exps.iter().enumerate() {
+                for (j, e) in (first..visible).zip(&exps) {
                     let vrow = &v[(g * total + j) * dim..][..dim];
                     for d in 0..dim {
                         out[(t * query + h) * dim + d] += e / sum * vrow[d] as f64;
@@ -747,11 +786,11 @@ mod tests {
     }
 
     fn check(heads: Heads, lens: &[usize], n: usize, seed: u64) {
-        check_with(heads, lens, n, seed, false);
-        check_with(heads, lens, n, seed, has_avx512());
+        check_with(heads, lens, n, seed, None, false);
+        check_with(heads, lens, n, seed, None, has_avx512());
     }
 
-    fn check_with(heads: Heads, lens: &[usize], n: usize, seed: u64, avx512: bool) {
+    fn check_with(heads: Heads, lens: &[usize], n: usize, seed: u64, window: Option<usize>, avx512: bool) {
         let mut rng = StdRng::seed_from_u64(seed);
         let total: usize = lens.iter().sum();
         let mut rand = |len: usize| (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<f32>>();
@@ -773,6 +812,7 @@ mod tests {
         attend_with(
             heads,
             scale,
+            window,
             &mut [SequenceAttention {
                 queries: &q,
                 spans,
@@ -782,13 +822,82 @@ mod tests {
             true,
         )
         .unwrap();
-        let want = reference(heads, scale as f64, &q, &k, &v, total);
+        let want = reference_windowed(heads, scale as f64, window, &q, &k, &v, total);
         for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
             assert!(
                 (got as f64 - want).abs() < 2e-5,
-                "{heads:?} {lens:?} n={n}: [{i}] {got} vs {want}"
+                "{heads:?} {lens:?} n={n} window {window:?}: [{i}] {got} vs {want}"
             );
         }
+    }
+
+    #[test]
+    fn a_sliding_window_sees_only_its_last_positions() {
+        let gqa = Heads {
+            query: 14,
+            key_value: 2,
+            dim: 64,
+        };
+        let odd = Heads {
+            query: 6,
+            key_value: 2,
+            dim: 24,
+        };
+        for avx512 in [false, has_avx512()] {
+            for heads in [gqa, odd] {
+                // Windows that start inside a block, on a block boundary, inside the new
+                // tokens, and one wider than everything (no masking).
+                for window in [1, 5, 64, 70, 129, 1000] {
+                    check_with(heads, &[64, 64, 17, 1], 1, 7, Some(window), avx512);
+                    check_with(heads, &[64, 30, 5], 5, 8, Some(window), avx512);
+                    check_with(heads, &[3, 3, 3], 9, 9, Some(window), avx512);
+                }
+            }
+        }
+        // Large enough to run on the pool.
+        check_with(gqa, &[64; 20], 16, 10, Some(100), has_avx512());
+        // A window wider than every sequence changes nothing.
+        let q = vec![0.5f32; 14 * 64];
+        let kv: Vec<f32> = (0..2 * 10 * 64).map(|i| (i % 13) as f32 * 0.1).collect();
+        let run = |window| {
+            let mut out = vec![0f32; q.len()];
+            let spans = vec![KvSpan {
+                keys: &kv,
+                values: &kv,
+                len: 10,
+            }];
+            attend(
+                gqa,
+                0.125,
+                window,
+                &mut [SequenceAttention {
+                    queries: &q,
+                    spans,
+                    out: &mut out,
+                }],
+            )
+            .unwrap();
+            out
+        };
+        assert_eq!(run(None), run(Some(10)));
+        assert_ne!(run(None), run(Some(9)));
+        let mut out = vec![0f32; q.len()];
+        let spans = vec![KvSpan {
+            keys: &kv,
+            values: &kv,
+            len: 10,
+        }];
+        let e = attend(
+            gqa,
+            0.125,
+            Some(0),
+            &mut [SequenceAttention {
+                queries: &q,
+                spans,
+                out: &mut out,
+            }],
+        );
+        assert!(e.is_err());
     }
 
     #[test]
@@ -894,7 +1003,7 @@ mod tests {
                 if share {
                     assert_eq!(shared_spans(&seqs, heads.query * heads.dim), 3);
                 }
-                attend_with(heads, scale, &mut seqs, avx512, share).unwrap();
+                attend_with(heads, scale, None, &mut seqs, avx512, share).unwrap();
                 outs
             };
             let (together, apart) = (run(true), run(false));
@@ -937,6 +1046,7 @@ mod tests {
             attend(
                 heads,
                 0.25,
+                None,
                 &mut [SequenceAttention {
                     queries: &q,
                     spans: vec![KvSpan {
@@ -955,6 +1065,7 @@ mod tests {
         attend(
             heads,
             0.25,
+            None,
             &mut [
                 SequenceAttention {
                     queries: &q,
@@ -998,6 +1109,7 @@ mod tests {
         attend(
             heads,
             1.0,
+            None,
             &mut [SequenceAttention {
                 queries: &q,
                 spans,

@@ -78,6 +78,17 @@ pub struct Decoder {
     pub norm: Norm,
     pub lm_head: Linear,
     pub rotary: Rotary,
+    /// Each layer's sliding window (Mistral, StarCoder2, some Qwen2 layers): a position
+    /// attends to itself and the `w - 1` before it. The cache keeps every position
+    /// (prefixes are reused and beams fork from it); the window only limits what is read.
+    /// Empty or `None` where a layer attends over everything.
+    pub sliding_windows: Vec<Option<usize>>,
+}
+
+impl Decoder {
+    fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_windows.get(layer).copied().flatten()
+    }
 }
 
 impl CausalLm for Decoder {
@@ -150,7 +161,7 @@ impl CausalLm for Decoder {
                     dim: hd,
                 };
                 let scale = 1.0 / (hd as f32).sqrt();
-                let attn = match layers::blockwise_attention(shape, scale, layer, &inputs)? {
+                let attn = match layers::blockwise_attention(shape, scale, self.window(layer), layer, &inputs)? {
                     Some(attn) => attn,
                     None => {
                         let mut ks = Vec::with_capacity(b);
@@ -162,8 +173,13 @@ impl CausalLm for Decoder {
                         }
                         // q: [b, kv_heads, group, hd]; keys/values: [b, kv_heads, total, hd].
                         let q = q.reshape((b, nkv, nh / nkv, hd))?;
-                        let keys = Tensor::stack(&ks, 0)?;
-                        let values = Tensor::stack(&vs, 0)?;
+                        let mut keys = Tensor::stack(&ks, 0)?;
+                        let mut values = Tensor::stack(&vs, 0)?;
+                        let total = keys.dim(2)?;
+                        if let Some(w) = self.window(layer).filter(|&w| w < total) {
+                            keys = keys.narrow(2, total - w, w)?.contiguous()?;
+                            values = values.narrow(2, total - w, w)?.contiguous()?;
+                        }
                         let scores = (q.matmul(&keys.transpose(2, 3)?)? / (hd as f64).sqrt())?;
                         let probs = crate::layers::softmax_last_dim(&scores)?;
                         probs.matmul(&values)?.reshape((b, nh * hd))?
@@ -192,6 +208,7 @@ impl CausalLm for Decoder {
                         cache: item.cache,
                         layer,
                     },
+                    self.window(layer),
                 )?;
                 kv.0.push(k);
                 kv.1.push(v);

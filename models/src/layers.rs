@@ -151,9 +151,14 @@ impl Rotary {
 /// `q`: `[heads, n, head_dim]`, `k`/`v`: `[kv_heads, past + n, head_dim]`. Grouped-query
 /// attention is done by folding each group of query heads into the row dimension, so the
 /// keys and values are never repeated in memory. Returns `[n, heads * head_dim]`.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Result<Tensor> {
     let (heads, n, head_dim) = q.dims3()?;
     let (kv_heads, total, _) = k.dims3()?;
+    // One new token under a sliding window sees only the window's last positions: narrow
+    // to them rather than mask.
+    if let Some(w) = window.filter(|&w| n == 1 && w < total) {
+        return causal_attention(q, &k.narrow(1, total - w, w)?, &v.narrow(1, total - w, w)?, None);
+    }
     let group = heads / kv_heads;
     let past = total - n;
     let scale = 1.0 / (head_dim as f64).sqrt();
@@ -161,8 +166,19 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let q = q.reshape((kv_heads, group * n, head_dim))?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = if n > 1 {
+        // Query `i` is at position `past + i`; it sees `j <= past + i`, and under a window
+        // only `j > past + i - window`.
+        let first = |i: usize| window.map_or(0, |w| (past + i + 1).saturating_sub(w));
         let mask: Vec<f32> = (0..n)
-            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|i| {
+                (0..total).map(move |j| {
+                    if j > past + i || j < first(i) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
             .collect();
         let mask = Tensor::from_vec(mask, (1, n, total), q.device())?;
         scores
@@ -196,7 +212,9 @@ pub struct AttentionInput<'a> {
 /// products, which suit many queries better.
 pub const BLOCKWISE_MAX_TOKENS: usize = 16;
 
-pub fn attend(rotary: &Rotary, inp: AttentionInput<'_>) -> Result<(Tensor, Tensor, Tensor)> {
+/// Attention of `inp`'s new tokens over its cache and themselves, causally, and within
+/// `window` positions when the model slides.
+pub fn attend(rotary: &Rotary, inp: AttentionInput<'_>, window: Option<usize>) -> Result<(Tensor, Tensor, Tensor)> {
     let start = inp.cache.len();
     let q = rotary.apply(&inp.q, start)?;
     let k = rotary.apply(&inp.k, start)?;
@@ -216,12 +234,12 @@ pub fn attend(rotary: &Rotary, inp: AttentionInput<'_>) -> Result<(Tensor, Tenso
             values: &v,
         };
         let scale = 1.0 / (head_dim as f32).sqrt();
-        if let Some(out) = blockwise_attention(shape, scale, inp.layer, &[input])? {
+        if let Some(out) = blockwise_attention(shape, scale, window, inp.layer, &[input])? {
             return Ok((out, k, v));
         }
     }
     let (k_all, v_all) = inp.cache.gather_with(inp.layer, &k, &v)?;
-    let out = causal_attention(&q, &k_all, &v_all)?;
+    let out = causal_attention(&q, &k_all, &v_all, window)?;
     Ok((out, k, v))
 }
 
@@ -242,6 +260,7 @@ pub struct BlockwiseInput<'a> {
 pub fn blockwise_attention(
     heads: tessera_kernels::attention::Heads,
     scale: f32,
+    window: Option<usize>,
     layer: usize,
     inputs: &[BlockwiseInput<'_>],
 ) -> Result<Option<Tensor>> {
@@ -305,7 +324,7 @@ pub fn blockwise_attention(
             out: mine,
         });
     }
-    attend(heads, scale, &mut sequences)?;
+    attend(heads, scale, window, &mut sequences)?;
     drop(sequences);
     drop(guards);
     Ok(Some(Tensor::from_vec(
@@ -448,31 +467,38 @@ mod tests {
             let tokens: Vec<u32> = (0..chunk as u32).collect();
             cache.append(&tokens, keys, values).unwrap();
         }
-        for n in [1usize, 5] {
-            let q = random(&[heads, n, dim], &mut rng);
-            let k = random(&[kv_heads, n, dim], &mut rng);
-            let v = random(&[kv_heads, n, dim], &mut rng);
-            let layer = 1;
-            let (k_all, v_all) = cache.gather_with(layer, &k, &v).unwrap();
-            let want = causal_attention(&q, &k_all, &v_all).unwrap();
-            let queries = q.transpose(0, 1).unwrap().contiguous().unwrap();
-            let shape = tessera_kernels::attention::Heads {
-                query: heads,
-                key_value: kv_heads,
-                dim,
-            };
-            let input = BlockwiseInput {
-                queries: &queries,
-                cache: &cache,
-                keys: &k,
-                values: &v,
-            };
-            let got = blockwise_attention(shape, 1.0 / (dim as f32).sqrt(), layer, &[input])
-                .unwrap()
-                .expect("CPU f32 takes the kernel");
-            assert_eq!(got.dims(), want.dims());
-            let diff = max_diff(&got, &want);
-            assert!(diff < 1e-5, "n = {n}: max difference {diff}");
+        // Windows inside the last block, across blocks, and wider than everything.
+        for window in [None, Some(1), Some(3), Some(40), Some(120), Some(1000)] {
+            for n in [1usize, 5] {
+                let q = random(&[heads, n, dim], &mut rng);
+                let k = random(&[kv_heads, n, dim], &mut rng);
+                let v = random(&[kv_heads, n, dim], &mut rng);
+                let layer = 1;
+                let (k_all, v_all) = cache.gather_with(layer, &k, &v).unwrap();
+                let want = causal_attention(&q, &k_all, &v_all, window).unwrap();
+                let queries = q.transpose(0, 1).unwrap().contiguous().unwrap();
+                let shape = tessera_kernels::attention::Heads {
+                    query: heads,
+                    key_value: kv_heads,
+                    dim,
+                };
+                let input = BlockwiseInput {
+                    queries: &queries,
+                    cache: &cache,
+                    keys: &k,
+                    values: &v,
+                };
+                let got = blockwise_attention(shape, 1.0 / (dim as f32).sqrt(), window, layer, &[input])
+                    .unwrap()
+                    .expect("CPU f32 takes the kernel");
+                assert_eq!(got.dims(), want.dims());
+                let diff = max_diff(&got, &want);
+                assert!(diff < 1e-5, "n = {n}, window {window:?}: max difference {diff}");
+                if window == Some(3) {
+                    let full = causal_attention(&q, &k_all, &v_all, None).unwrap();
+                    assert!(max_diff(&full, &want) > 1e-3, "the window changed nothing");
+                }
+            }
         }
     }
 

@@ -49,11 +49,17 @@ pub struct LlamaConfig {
     #[serde(default)]
     pub attention_bias: Option<bool>,
     /// Mistral's sliding-window attention span; Qwen2 declares one but only uses it when
-    /// `use_sliding_window` is set.
+    /// `use_sliding_window` is set, and then from layer `max_window_layers` on.
     #[serde(default)]
     pub sliding_window: Option<usize>,
     #[serde(default)]
     pub use_sliding_window: Option<bool>,
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    /// transformers >= 4.53 names each layer's attention: `full_attention` or
+    /// `sliding_attention`. Where present it decides which layers slide.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
     #[serde(skip)]
     pub rope_interleaved: bool,
 }
@@ -80,14 +86,29 @@ impl LlamaConfig {
             .unwrap_or(10_000.0)
     }
 
-    /// Positions the model may attend over. Sliding-window masking is not implemented, so
-    /// a model that slides is limited to its window rather than silently attending past it.
+    /// Positions the model may attend over.
     pub fn max_context(&self) -> usize {
-        let slides = self.use_sliding_window.unwrap_or(self.model_type == "mistral");
-        match self.sliding_window {
-            Some(w) if slides && w > 0 => w.min(self.max_position_embeddings),
-            _ => self.max_position_embeddings,
-        }
+        self.max_position_embeddings
+    }
+
+    /// Each layer's sliding window, as transformers decides it: `layer_types` when the
+    /// config has them; else every layer of a Mistral, and the layers from
+    /// `max_window_layers` on of a Qwen2 with `use_sliding_window`. A window as long as the
+    /// context never masks anything and is left out.
+    pub fn layer_windows(&self) -> Vec<Option<usize>> {
+        let window = self
+            .sliding_window
+            .filter(|&w| w > 0 && w < self.max_position_embeddings);
+        (0..self.num_hidden_layers)
+            .map(|layer| {
+                let slides = match &self.layer_types {
+                    Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
+                    None if self.model_type == "mistral" => self.use_sliding_window.unwrap_or(true),
+                    None => self.use_sliding_window.unwrap_or(false) && layer >= self.max_window_layers.unwrap_or(0),
+                };
+                window.filter(|_| slides)
+            })
+            .collect()
     }
 
     fn qkv_bias(&self) -> bool {
@@ -188,8 +209,12 @@ impl LlamaConfig {
             rope_theta: g.get(&key("rope.freq_base")).and_then(|v| v.as_f64()),
             rope_scaling: None,
             rope_parameters: None,
+            // llama.cpp's GGUF files do not record a window (llama.cpp attends over the
+            // whole context), so neither do we.
             sliding_window: None,
             use_sliding_window: None,
+            max_window_layers: None,
+            layer_types: None,
             max_position_embeddings: g.get_usize(&key("context_length"))?,
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
             attention_bias: Some(g.tensor_info("blk.0.attn_q.bias").is_some()),
@@ -322,6 +347,7 @@ impl Llama {
             norm,
             lm_head,
             rotary,
+            sliding_windows: cfg.layer_windows(),
         })
     }
 }
@@ -352,18 +378,45 @@ mod tests {
     }
 
     #[test]
-    fn sliding_windows_limit_the_context_only_when_used() {
-        let base = r#""vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+    fn which_layers_slide() {
+        let base = r#""vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 3,
             "num_attention_heads": 2, "max_position_embeddings": 32768"#;
-        let mistral = cfg(&format!(
-            r#"{{"model_type": "mistral", "sliding_window": 4096, {base}}}"#
-        ));
-        assert_eq!(mistral.max_context(), 4096);
-        let qwen = cfg(&format!(
-            r#"{{"model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": false, {base}}}"#
-        ));
-        assert_eq!(qwen.max_context(), 32768);
-        let llama = cfg(&format!(r#"{{"model_type": "llama", {base}}}"#));
-        assert_eq!(llama.max_context(), 32768);
+        let windows = |json: &str| cfg(&format!("{{{json}, {base}}}")).layer_windows();
+        let w = Some(4096);
+        assert_eq!(windows(r#""model_type": "mistral", "sliding_window": 4096"#), [w, w, w]);
+        assert_eq!(
+            windows(r#""model_type": "mistral", "sliding_window": null"#),
+            [None, None, None]
+        );
+        // A window as long as the context masks nothing.
+        assert_eq!(
+            windows(r#""model_type": "mistral", "sliding_window": 32768"#),
+            [None, None, None]
+        );
+        assert_eq!(
+            windows(r#""model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": false"#),
+            [None, None, None]
+        );
+        assert_eq!(
+            windows(
+                r#""model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": true, "max_window_layers": 1"#
+            ),
+            [None, w, w]
+        );
+        assert_eq!(
+            windows(
+                r#""model_type": "qwen2", "sliding_window": 4096,
+                   "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]"#
+            ),
+            [w, None, w]
+        );
+        assert_eq!(windows(r#""model_type": "llama""#), [None, None, None]);
+        assert_eq!(
+            cfg(&format!(
+                r#"{{"model_type": "mistral", "sliding_window": 4096, {base}}}"#
+            ))
+            .max_context(),
+            32768
+        );
     }
 }

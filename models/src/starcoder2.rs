@@ -191,17 +191,14 @@ impl StarCoder2 {
             false,
             device,
         )?;
-        let max_context = match cfg.sliding_window {
-            // Positions beyond the window would need sliding-window masking; refuse them
-            // rather than silently attending too far.
-            Some(w) if w < cfg.max_position_embeddings => w,
-            _ => cfg.max_position_embeddings,
-        };
+        // Every layer slides when the config has a window shorter than the context.
+        let window = cfg.sliding_window.filter(|&w| w > 0 && w < cfg.max_position_embeddings);
+        let sliding_windows = vec![window; blocks.len()];
         Ok(Decoder {
             info: ModelInfo {
                 architecture: "starcoder2".into(),
                 vocab_size: cfg.vocab_size,
-                max_context,
+                max_context: cfg.max_position_embeddings,
                 num_layers: cfg.num_hidden_layers,
                 weight_bytes: store.total_bytes(),
             },
@@ -216,6 +213,7 @@ impl StarCoder2 {
             norm: final_norm,
             lm_head,
             rotary,
+            sliding_windows,
         })
     }
 

@@ -1416,7 +1416,7 @@ impl WhisperDecoder {
                     dim: hd,
                 };
                 // The queries are scaled already.
-                crate::layers::blockwise_attention(shape, 1.0, l, &inputs)?
+                crate::layers::blockwise_attention(shape, 1.0, None, l, &inputs)?
             } else {
                 None
             };

@@ -100,6 +100,91 @@ fn mistral_greedy_and_beam_search_match_transformers() {
     check_generation("mistral");
 }
 
+#[test]
+fn mistral_sliding_window_logits_match_transformers() {
+    check_logits("mistral-window");
+}
+
+#[test]
+fn mistral_sliding_window_generation_matches_transformers() {
+    check_generation("mistral-window");
+}
+
+#[test]
+fn starcoder2_sliding_window_logits_match_transformers() {
+    check_logits("starcoder2-window");
+}
+
+#[test]
+fn starcoder2_sliding_window_generation_matches_transformers() {
+    check_generation("starcoder2-window");
+}
+
+/// Through the KV cache: each position's logits from a prompt extended one token at a
+/// time (the prefix cache appends only the new token, the decode path), and from a
+/// 20-token prefix extended by 4 (a short prefill over a cache longer than the window).
+#[test]
+fn sliding_window_logits_through_the_cache_match_transformers() {
+    use candle_core::IndexOp;
+    for name in ["mistral-window", "starcoder2-window"] {
+        let e = engine(name);
+        let exp = expected(name);
+        for (i, ids) in exp.input_ids.iter().enumerate() {
+            e.clear_prefix_cache();
+            for end in 1..=ids.len() {
+                let (prefilled, reused) = e.prefill(&ids[..end]).unwrap();
+                assert_eq!(reused, end - 1, "{name}: the cached prefix was not reused");
+                let want = exp.logits.i((i, end - 1)).unwrap();
+                let got = prefilled.logits.flatten_all().unwrap();
+                let diff = max_abs_diff(&got, &want);
+                assert!(diff <= TOLERANCE, "{name} sequence {i}, position {}: {diff}", end - 1);
+            }
+            e.clear_prefix_cache();
+            e.prefill(&ids[..20]).unwrap();
+            let (prefilled, reused) = e.prefill(ids).unwrap();
+            assert_eq!(reused, 20, "only the new tokens were run");
+            let got = prefilled.logits.flatten_all().unwrap();
+            let diff = max_abs_diff(&got, &exp.logits.i((i, ids.len() - 1)).unwrap());
+            assert!(diff <= TOLERANCE, "{name} sequence {i} after a cached prefix: {diff}");
+        }
+    }
+}
+
+/// The fixtures' windows matter: the same weights attending over everything give other
+/// logits (so the tests above would catch a window that is ignored).
+#[test]
+fn without_their_window_the_window_fixtures_differ() {
+    use candle_core::IndexOp;
+    for name in ["mistral-window", "starcoder2-window"] {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+        }
+        let config = tmp.path().join("config.json");
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        json["sliding_window"] = serde_json::Value::Null;
+        std::fs::write(&config, json.to_string()).unwrap();
+        let model = tessera_models::loader::load_checkpoint_model(tmp.path(), &crate::common::device()).unwrap();
+        let e = tessera_models::engine::Engine::new(model);
+        let exp = expected(name);
+        let ids = &exp.input_ids[0];
+        let diff = max_abs_diff(&e.logits(ids).unwrap(), &exp.logits.i(0).unwrap());
+        assert!(
+            diff > 0.05,
+            "{name}: attending past the window changed the logits by only {diff}"
+        );
+        // Within the window's reach nothing changes.
+        let early = 4;
+        e.clear_prefix_cache();
+        let diff = max_abs_diff(&e.logits(&ids[..early]).unwrap(), &exp.logits.i((0, ..early)).unwrap());
+        assert!(
+            diff <= TOLERANCE,
+            "{name}: positions inside the window differ by {diff}"
+        );
+    }
+}
+
 /// `qwen2-beam-eos.json`: transformers' beam search on `qwen2/` with eos tokens.
 #[derive(Deserialize)]
 struct BeamEosReference {
