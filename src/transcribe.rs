@@ -10,8 +10,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_audio::transcribe::output::{Format, render};
 use tessera_audio::transcribe::{Observer, Segment, Task, TranscribeOptions, transcribe};
-use tessera_audio::{IN_MEMORY_SAMPLES, MelSpectrogram, Spectrogram};
-use tessera_models::loader::{locate, parse_device};
+use tessera_audio::vad::{SpeechOnly, VadOptions, detect_speech, restore_timestamps};
+use tessera_audio::{IN_MEMORY_SAMPLES, MelSpectrogram, Progress, SampleReader, Spectrogram};
+use tessera_models::loader::{locate, parse_device, tessera_home};
+use tessera_models::silero_vad::SileroVad;
 use tessera_models::whisper::Whisper;
 
 /// The default speech model: fetched by `scripts/fetch-models`.
@@ -74,6 +76,71 @@ pub struct TranscribeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Transcribe only the speech: Silero VAD finds it (as faster-whisper's `vad_filter`),
+    /// silence and music between are left out, and times stay the file's.
+    #[arg(long)]
+    vad: bool,
+    /// The VAD model (`silero_vad_v6.onnx`); default: the one `scripts/fetch-models` fetches.
+    #[arg(long, requires = "vad")]
+    vad_model: Option<PathBuf>,
+    /// Windows at or above this speech probability are speech.
+    #[arg(long, default_value_t = 0.5, requires = "vad")]
+    vad_threshold: f64,
+    /// Silence shorter than this does not end a stretch of speech.
+    #[arg(long, default_value_t = 2000, requires = "vad")]
+    vad_min_silence_ms: u32,
+    /// Stretches of speech are widened by this much on each side.
+    #[arg(long, default_value_t = 400, requires = "vad")]
+    vad_speech_pad_ms: u32,
+    /// Stretches of speech this short are dropped.
+    #[arg(long, default_value_t = 0, requires = "vad")]
+    vad_min_speech_ms: u32,
+    /// Longer stretches of speech are split (at a pause when there is one).
+    #[arg(long, requires = "vad")]
+    vad_max_speech_s: Option<f32>,
+}
+
+impl TranscribeArgs {
+    fn vad_options(&self) -> Result<VadOptions> {
+        if !(self.vad_threshold > 0.0 && self.vad_threshold < 1.0) {
+            bail!("--vad-threshold {}: must be between 0 and 1", self.vad_threshold);
+        }
+        if let Some(s) = self.vad_max_speech_s
+            && (s.is_nan() || s <= 0.0)
+        {
+            bail!("--vad-max-speech-s {s}: must be positive");
+        }
+        Ok(VadOptions {
+            threshold: self.vad_threshold,
+            neg_threshold: None,
+            min_speech_duration_ms: self.vad_min_speech_ms,
+            max_speech_duration_s: self.vad_max_speech_s.unwrap_or(f32::INFINITY),
+            min_silence_duration_ms: self.vad_min_silence_ms,
+            speech_pad_ms: self.vad_speech_pad_ms,
+        })
+    }
+
+    /// The VAD model, when `--vad` asks for one.
+    fn load_vad(&self) -> Result<Option<(SileroVad, VadOptions)>> {
+        if !self.vad {
+            return Ok(None);
+        }
+        let options = self.vad_options()?;
+        let path = match &self.vad_model {
+            Some(p) => p.clone(),
+            None => {
+                let p = tessera_home().join("models/silero-vad/silero_vad_v6.onnx");
+                if !p.exists() {
+                    bail!(
+                        "{}: the VAD model is missing: run scripts/fetch-models, or pass --vad-model",
+                        p.display()
+                    );
+                }
+                p
+            }
+        };
+        Ok(Some((SileroVad::load(&path)?, options)))
+    }
 }
 
 fn parse_task(s: &str) -> Result<Task, String> {
@@ -148,10 +215,11 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create the output directory", dir.display()))?;
     }
+    let vad = args.load_vad()?;
     let tty = std::io::stderr().is_terminal();
     let mut failures = 0;
     for path in &args.audio {
-        match transcribe_file(&model, &mel, path, &options, &args, tty) {
+        match transcribe_file(&model, &mel, vad.as_ref(), path, &options, &args, tty) {
             Ok(()) => {}
             Err(e) if args.audio.len() > 1 => {
                 eprintln!("tessera: error: {e:#}");
@@ -169,6 +237,7 @@ pub fn run(args: TranscribeArgs) -> Result<()> {
 fn transcribe_file(
     model: &Whisper,
     mel: &MelSpectrogram,
+    vad: Option<&(SileroVad, VadOptions)>,
     path: &Path,
     options: &TranscribeOptions,
     args: &TranscribeArgs,
@@ -187,18 +256,47 @@ fn transcribe_file(
         );
         bar
     });
-    let mut spectrogram = Spectrogram::open(mel, path, IN_MEMORY_SAMPLES, |p| {
-        // Until transcription starts, the bar shows the reading (a first pass over a long
-        // file): an empty bar would draw as 100%.
-        if let (Some(bar), Some(f)) = (&bar, p.fraction()) {
-            bar.set_length(1000);
-            bar.set_position((f * 1000.0) as u64);
-            bar.set_message("reading");
+    // Until transcription starts, the bar shows the reading (the VAD's pass, a first pass
+    // over a long file): an empty bar would draw as 100%.
+    let reading = |what: &'static str| {
+        let bar = bar.clone();
+        move |p: Progress| {
+            if let (Some(bar), Some(f)) = (&bar, p.fraction()) {
+                bar.set_length(1000);
+                bar.set_position((f * 1000.0) as u64);
+                bar.set_message(what);
+            }
         }
-    })?;
+    };
+    let speech = match vad {
+        Some((vad, vad_options)) => {
+            let speech = detect_speech(vad, path, vad_options, reading("detecting speech"))?;
+            tracing::info!(
+                file = %path.display(),
+                chunks = speech.chunks.len(),
+                speech_s = speech.speech_samples() as f32 / 16_000.0,
+                audio_s = speech.total_samples as f32 / 16_000.0,
+                "voice activity"
+            );
+            Some(speech)
+        }
+        None => None,
+    };
+    let mut spectrogram = match &speech {
+        Some(speech) => {
+            let open = || -> tessera_audio::Result<Box<dyn SampleReader>> {
+                Ok(Box::new(SpeechOnly::open(path, &speech.chunks)?))
+            };
+            Spectrogram::open_samples(mel, path, &open, IN_MEMORY_SAMPLES, reading("reading"))?
+        }
+        None => Spectrogram::open(mel, path, IN_MEMORY_SAMPLES, reading("reading"))?,
+    };
     let mut observer = Bar(bar);
-    let transcript = transcribe(model, &mut spectrogram, options, &mut observer)
+    let mut transcript = transcribe(model, &mut spectrogram, options, &mut observer)
         .with_context(|| format!("{}: transcription failed", path.display()))?;
+    if let Some(speech) = &speech {
+        restore_timestamps(&mut transcript, speech);
+    }
     if let Some(bar) = &observer.0 {
         bar.finish_and_clear();
     }

@@ -159,6 +159,25 @@ impl std::fmt::Debug for AudioStream {
     }
 }
 
+/// A forward-only source of 16 kHz mono samples: a decoded file ([`AudioStream`]), or part
+/// of one (`vad::SpeechOnly`).
+pub trait SampleReader {
+    /// The next samples, at most `n`; empty once the source has ended.
+    fn read_samples(&mut self, n: usize) -> Result<Vec<f32>>;
+    /// How far through its file the source is.
+    fn progress(&self) -> Progress;
+}
+
+impl SampleReader for AudioStream {
+    fn read_samples(&mut self, n: usize) -> Result<Vec<f32>> {
+        AudioStream::read_samples(self, n)
+    }
+
+    fn progress(&self) -> Progress {
+        AudioStream::progress(self)
+    }
+}
+
 impl AudioStream {
     /// Opens `path`, recognises its container and codec, and prepares to decode its default
     /// audio track. Nothing is decoded yet.

@@ -15,6 +15,8 @@
 //! - [`transcribe`]: Whisper transcription on the shared engine (window decoding with
 //!   the reference's logit filters, beam search and temperature fallback, long-form seeking,
 //!   word timestamps, output formats).
+//! - [`vad`]: Silero voice activity detection before transcription, as faster-whisper's
+//!   `vad_filter` (speech chunks, only they transcribed, times mapped back).
 //! - [`error`]: the crate's [`Error`].
 //!
 //! ```no_run
@@ -34,8 +36,9 @@ mod mp4;
 mod resample;
 pub mod spectrogram;
 pub mod transcribe;
+pub mod vad;
 
-pub use decode::{AudioStream, Progress, STREAM_CHUNK, SourceInfo, load_audio, load_audio_with_progress};
+pub use decode::{AudioStream, Progress, STREAM_CHUNK, SampleReader, SourceInfo, load_audio, load_audio_with_progress};
 pub use error::{Error, Result};
 pub use mel::{Mel, MelSpectrogram, pad_or_trim};
 pub use spectrogram::{IN_MEMORY_SAMPLES, MelSource, MelStream, Spectrogram};

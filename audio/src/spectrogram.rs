@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::decode::{AudioStream, Progress, STREAM_CHUNK};
+use crate::decode::{AudioStream, Progress, STREAM_CHUNK, SampleReader};
 use crate::error::{Error, Result};
 use crate::mel::{Mel, MelSpectrogram, Signal};
 use crate::{HOP_LENGTH, N_FFT, N_SAMPLES};
@@ -76,6 +76,10 @@ pub enum Spectrogram<'m> {
     Streamed(Box<MelStream<'m>>),
 }
 
+/// Opens a fresh [`SampleReader`] at the start of the audio: a streamed spectrogram reads
+/// its audio more than once.
+pub type OpenSamples<'a> = dyn Fn() -> Result<Box<dyn SampleReader>> + 'a;
+
 impl Spectrogram<'_> {
     /// Decodes `path` and computes its padded spectrogram: in memory when the audio has at
     /// most `in_memory_samples` samples at 16 kHz ([`IN_MEMORY_SAMPLES`] for the CLI),
@@ -84,9 +88,22 @@ impl Spectrogram<'_> {
         mel: &'m MelSpectrogram,
         path: &Path,
         in_memory_samples: usize,
+        progress: impl FnMut(Progress),
+    ) -> Result<Spectrogram<'m>> {
+        let open = || -> Result<Box<dyn SampleReader>> { Ok(Box::new(AudioStream::open(path)?)) };
+        Self::open_samples(mel, path, &open, in_memory_samples, progress)
+    }
+
+    /// [`Spectrogram::open`] over the samples `open` reads (all of `path`'s, or only some:
+    /// its speech).
+    pub fn open_samples<'m>(
+        mel: &'m MelSpectrogram,
+        path: &Path,
+        open: &OpenSamples<'_>,
+        in_memory_samples: usize,
         mut progress: impl FnMut(Progress),
     ) -> Result<Spectrogram<'m>> {
-        let mut stream = AudioStream::open(path)?;
+        let mut stream = open()?;
         let mut samples = Vec::new();
         loop {
             let chunk = stream.read_samples(STREAM_CHUNK)?;
@@ -102,7 +119,9 @@ impl Spectrogram<'_> {
         }
         drop((samples, stream));
         tracing::debug!(file = %path.display(), "long audio: streaming its spectrogram in two passes");
-        Ok(Spectrogram::Streamed(Box::new(MelStream::open(mel, path, progress)?)))
+        Ok(Spectrogram::Streamed(Box::new(MelStream::open_samples(
+            mel, path, open, progress,
+        )?)))
     }
 }
 
@@ -147,7 +166,7 @@ impl MelSource for Spectrogram<'_> {
 /// by block, holding only the samples the next frames need.
 struct FrameStream<'m> {
     mel: &'m MelSpectrogram,
-    stream: AudioStream,
+    stream: Box<dyn SampleReader>,
     head: Vec<f32>,
     /// Samples from index `offset` of the audio on.
     samples: Vec<f32>,
@@ -159,10 +178,10 @@ struct FrameStream<'m> {
 }
 
 impl<'m> FrameStream<'m> {
-    fn open(mel: &'m MelSpectrogram, path: &Path) -> Result<Self> {
+    fn open(mel: &'m MelSpectrogram, open: &OpenSamples<'_>) -> Result<Self> {
         Ok(FrameStream {
             mel,
-            stream: AudioStream::open(path)?,
+            stream: open()?,
             head: Vec::with_capacity(HEAD),
             samples: Vec::new(),
             offset: 0,
@@ -253,8 +272,19 @@ impl std::fmt::Debug for MelStream<'_> {
 
 impl<'m> MelStream<'m> {
     /// Runs the first pass over `path` (reporting its progress) and readies the second.
-    pub fn open(mel: &'m MelSpectrogram, path: &Path, mut progress: impl FnMut(Progress)) -> Result<Self> {
-        let mut pass = FrameStream::open(mel, path)?;
+    pub fn open(mel: &'m MelSpectrogram, path: &Path, progress: impl FnMut(Progress)) -> Result<Self> {
+        let open = || -> Result<Box<dyn SampleReader>> { Ok(Box::new(AudioStream::open(path)?)) };
+        Self::open_samples(mel, path, &open, progress)
+    }
+
+    /// [`MelStream::open`] over the samples `open` reads; `path` names them.
+    pub fn open_samples(
+        mel: &'m MelSpectrogram,
+        path: &Path,
+        open: &OpenSamples<'_>,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Self> {
+        let mut pass = FrameStream::open(mel, open)?;
         let (mut max, mut min) = (f32::NEG_INFINITY, f32::INFINITY);
         let mut block = Vec::new();
         loop {
@@ -271,7 +301,7 @@ impl<'m> MelStream<'m> {
         let clamp = max - 8.0;
         Ok(MelStream {
             path: path.to_path_buf(),
-            frames: FrameStream::open(mel, path)?,
+            frames: FrameStream::open(mel, open)?,
             n_mels: mel.n_mels(),
             n_frames,
             content_frames: n_frames.saturating_sub(N_SAMPLES / HOP_LENGTH),

@@ -20,8 +20,10 @@ pub mod layers;
 pub mod llama;
 pub mod loader;
 pub mod model;
+pub mod onnx;
 pub mod panics;
 pub mod sampling;
+pub mod silero_vad;
 pub mod starcoder2;
 #[cfg(test)]
 mod testing;

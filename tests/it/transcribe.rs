@@ -252,17 +252,23 @@ fn wav_bytes(samples: &[i16]) -> Vec<u8> {
 
 /// The header of a 16-bit mono WAV at 16 kHz with `data_len` bytes of samples.
 pub(crate) fn wav_header(data_len: u32) -> Vec<u8> {
+    mono_16k_wav_header(1, 16, data_len)
+}
+
+/// A mono 16 kHz WAV header: `format` 1 (integer PCM) or 3 (float), `bits` per sample.
+fn mono_16k_wav_header(format: u16, bits: u16, data_len: u32) -> Vec<u8> {
+    let block = bits / 8;
     let mut out = Vec::with_capacity(44);
     out.extend(b"RIFF");
     out.extend((36 + data_len).to_le_bytes());
     out.extend(b"WAVEfmt ");
     out.extend(16u32.to_le_bytes());
-    out.extend(1u16.to_le_bytes());
+    out.extend(format.to_le_bytes());
     out.extend(1u16.to_le_bytes());
     out.extend(16_000u32.to_le_bytes());
-    out.extend(32_000u32.to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(16u16.to_le_bytes());
+    out.extend((16_000 * u32::from(block)).to_le_bytes());
+    out.extend(block.to_le_bytes());
+    out.extend(bits.to_le_bytes());
     out.extend(b"data");
     out.extend(data_len.to_le_bytes());
     out
@@ -666,4 +672,127 @@ fn the_progress_bar_is_drawn_on_a_terminal_only() {
     assert!(o.status.success(), "{err}");
     assert!(!err.contains(['█', '░', '\r', '\u{1b}']), "{err:?}");
     assert!(!err.contains("jfk.wav"), "{err:?}");
+}
+
+/// A 32-bit float mono WAV at 16 kHz.
+fn wav_f32_bytes(samples: &[f32]) -> Vec<u8> {
+    let mut out = mono_16k_wav_header(3, 32, (samples.len() * 4) as u32);
+    for s in samples {
+        out.extend(s.to_le_bytes());
+    }
+    out
+}
+
+/// `audio/tests/fixtures/gen_vad.py`'s composite (silence, speech, silence, a 440 Hz tone,
+/// silence, speech, silence: 22.5 s) and faster-whisper's reference for it.
+fn vad_composite(dir: &std::path::Path) -> (PathBuf, serde_json::Value) {
+    let jfk: Vec<f32> = jfk_samples().iter().map(|&s| f32::from(s) / 32768.0).collect();
+    let mut samples = vec![0f32; 24_000];
+    samples.extend_from_slice(&jfk[..80_000]);
+    samples.extend(std::iter::repeat_n(0f32, 64_000));
+    samples
+        .extend((0..16_000).map(|n| (0.1 * (2.0 * std::f64::consts::PI * 440.0 * n as f64 / 16_000.0).sin()) as f32));
+    samples.extend(std::iter::repeat_n(0f32, 48_000));
+    samples.extend_from_slice(&jfk[80_000..]);
+    samples.extend(std::iter::repeat_n(0f32, 32_000));
+    let path = dir.join("composite.wav");
+    std::fs::write(&path, wav_f32_bytes(&samples)).unwrap();
+    let reference = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("audio/tests/fixtures/vad_reference.json");
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(reference).unwrap()).unwrap();
+    (path, reference["inputs"]["composite"].clone())
+}
+
+#[test]
+fn vad_transcribes_only_the_speech_with_the_files_times_as_faster_whisper_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, reference) = vad_composite(dir.path());
+    let path = path.to_str().unwrap();
+    let json = json_of(&["transcribe", "--vad", "--format", "json", path]);
+    // faster-whisper (tiny.en, beam 5, vad_filter=True): one segment over both pieces of
+    // speech, the 9.7 s left out between them added back.
+    let want = reference["transcription"]["segments"].as_array().unwrap();
+    let got = json["segments"].as_array().unwrap();
+    assert_eq!(got.len(), want.len(), "{json}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g["text"], w["text"], "{json}");
+        for key in ["start", "end"] {
+            let (g, w) = (g[key].as_f64().unwrap(), w[key].as_f64().unwrap());
+            assert!((g - w).abs() <= 0.021, "{key}: {g} vs faster-whisper's {w}");
+        }
+    }
+    assert_eq!(json["duration"].as_f64(), Some(22.5), "{json}");
+    assert_eq!(words(json["text"].as_str().unwrap()), words(JFK));
+
+    // Word times fall inside the speech the VAD kept (1.42-6.22 s and 14.51-22.5 s, with
+    // its padding), in order, and the words of the second piece after the gap. A word cut
+    // by the join ("what", at the cut at 5 s of the clip) is mapped through the piece its
+    // middle falls in, as faster-whisper maps it, so it may start up to a word before it.
+    let json = json_of(&["transcribe", "--vad", "--word-timestamps", "--format", "json", path]);
+    let words_json: Vec<&serde_json::Value> = json["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["words"].as_array().unwrap())
+        .collect();
+    assert!(words_json.len() >= 20, "{json}");
+    let mut last = 0.0;
+    for w in &words_json {
+        let (start, end) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+        assert!(start >= last - 1e-6 && end >= start, "{w} after {last}");
+        let inside = (1.42..=6.23).contains(&start) || (14.0..=22.5).contains(&start);
+        assert!(inside, "{w} starts outside the speech");
+        last = end;
+    }
+    // The clip is cut at 5 s, after "ask not": those seven words come from the first piece,
+    // the rest from the second, 9.71 s later in the file.
+    let text: Vec<String> = words_json.iter().map(|w| words(w["word"].as_str().unwrap())).collect();
+    assert_eq!(text[..7].join(" "), "and so my fellow americans ask not", "{text:?}");
+    for (w, t) in words_json.iter().zip(&text).take(7) {
+        assert!(w["end"].as_f64().unwrap() < 6.3, "{t}: {w}");
+    }
+    for (w, t) in words_json.iter().zip(&text).skip(8) {
+        assert!(w["start"].as_f64().unwrap() > 14.5, "{t}: {w}");
+    }
+}
+
+#[test]
+fn vad_on_audio_without_speech_gives_an_empty_transcript() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-speech.wav");
+    let mut samples: Vec<f32> = (0..32_000).map(|n| 0.2 * (n as f32 * 0.1).sin()).collect();
+    samples.extend(std::iter::repeat_n(0f32, 48_000));
+    samples.extend(white_noise(3).iter().map(|&s| f32::from(s) / 32768.0 * 0.1));
+    std::fs::write(&path, wav_f32_bytes(&samples)).unwrap();
+    let json = json_of(&["transcribe", "--vad", "--format", "json", path.to_str().unwrap()]);
+    assert_eq!(json["segments"].as_array().unwrap().len(), 0, "{json}");
+    assert_eq!(json["text"], "", "{json}");
+    assert_eq!(json["duration"].as_f64(), Some(8.0), "{json}");
+}
+
+#[test]
+fn bad_vad_settings_are_clear_errors() {
+    let jfk = jfk("wav");
+    let jfk = jfk.to_str().unwrap();
+    let fails = |args: &[&str], needle: &str| {
+        let o = run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    fails(
+        &["transcribe", "--vad", "--vad-threshold", "1.5", jfk],
+        "--vad-threshold 1.5: must be between 0 and 1",
+    );
+    fails(
+        &["transcribe", "--vad", "--vad-model", "/nonexistent/vad.onnx", jfk],
+        "/nonexistent/vad.onnx",
+    );
+    // A file that is not the model.
+    fails(
+        &["transcribe", "--vad", "--vad-model", jfk, jfk],
+        "not a readable ONNX model",
+    );
+    // VAD settings without --vad.
+    fails(&["transcribe", "--vad-threshold", "0.3", jfk], "--vad");
 }

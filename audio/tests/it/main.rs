@@ -11,4 +11,5 @@ mod formats;
 mod mel_parity;
 mod resampling;
 mod streaming;
+mod vad;
 mod whisper;

@@ -290,3 +290,35 @@ fn inconsistent_gguf_vocabularies_never_panic() {
     }
     outcomes.assert_clean("GGUF vocabularies", 10, 4);
 }
+
+/// Silero VAD's ONNX file (fetched): damage aimed at each initializer's name, dims, type
+/// and length fields; every variant that loads also runs two windows.
+#[test]
+fn corrupted_vad_models_never_panic() {
+    use tessera_models::silero_vad::{SileroVad, VadState, WINDOW};
+    let original = crate::tokenizer::cached("models/silero-vad/silero_vad_v6.onnx");
+    let bytes = std::fs::read(&original).unwrap();
+    let weights = tessera_models::onnx::OnnxWeights::open(&original).unwrap();
+    let mut hot: Vec<std::ops::Range<usize>> = Vec::new();
+    hot.push(0..64);
+    for name in weights.names() {
+        let at = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap();
+        hot.push(at.saturating_sub(40)..at + name.len() + 16);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vad.onnx");
+    let samples: Vec<f32> = (0..2 * WINDOW).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+    let mut rng = Rng::new(0x5a1e);
+    let mut outcomes = Outcomes::default();
+    for _ in 0..400 {
+        let (what, v) = mutate(&mut rng, &bytes, &hot);
+        std::fs::write(&path, &v).unwrap();
+        outcomes.run(&what, "vad.onnx", || {
+            let vad = SileroVad::load(&path).map_err(|e| e.to_string())?;
+            let probs = vad.probabilities(&mut VadState::default(), &samples).map_err(run_err)?;
+            assert_eq!(probs.len(), 2);
+            Ok(())
+        });
+    }
+    outcomes.assert_clean("silero_vad_v6.onnx", 50, 50);
+}

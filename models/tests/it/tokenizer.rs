@@ -10,7 +10,7 @@ const QWEN: &str = "qwen2.5-coder-0.5b";
 const SMOLLM: &str = "smollm2-135m";
 
 /// A file in the model cache that `scripts/fetch-models` fills.
-fn cached(relative: &str) -> PathBuf {
+pub(crate) fn cached(relative: &str) -> PathBuf {
     let home = std::env::var_os("TESSERA_HOME").map_or_else(
         || {
             let home = std::env::var_os("HOME").expect("HOME is set");
