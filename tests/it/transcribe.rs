@@ -743,6 +743,16 @@ fn vad_transcribes_only_the_speech_with_the_files_times_as_faster_whisper_does()
         assert!(inside, "{w} starts outside the speech");
         last = end;
     }
+    // Word for word and time for time faster-whisper's (word_timestamps=True, vad_filter=True).
+    let want_words = reference["transcription"]["words"].as_array().unwrap();
+    assert_eq!(words_json.len(), want_words.len(), "{json}");
+    for (g, w) in words_json.iter().zip(want_words) {
+        assert_eq!(g["word"], w["word"], "{g} vs {w}");
+        for key in ["start", "end"] {
+            let (gt, wt) = (g[key].as_f64().unwrap(), w[key].as_f64().unwrap());
+            assert!((gt - wt).abs() <= 0.021, "{key} of {g}: faster-whisper has {w}");
+        }
+    }
     // The clip is cut at 5 s, after "ask not": those seven words come from the first piece,
     // the rest from the second, 9.71 s later in the file.
     let text: Vec<String> = words_json.iter().map(|w| words(w["word"].as_str().unwrap())).collect();
