@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_audio::transcribe::output::{Format, render};
 use tessera_audio::transcribe::{Observer, Segment, Task, TranscribeOptions, transcribe};
-use tessera_audio::vad::{SpeechOnly, VadOptions, detect_speech, restore_timestamps};
+use tessera_audio::vad::{SpeechOnly, VadOptions, detect_speech_keeping, restore_timestamps};
 use tessera_audio::{IN_MEMORY_SAMPLES, MelSpectrogram, Progress, SampleReader, Spectrogram};
 use tessera_models::loader::{locate, parse_device, tessera_home};
 use tessera_models::silero_vad::SileroVad;
@@ -268,9 +268,15 @@ fn transcribe_file(
             }
         }
     };
-    let speech = match vad {
+    let (speech, speech_samples) = match vad {
         Some((vad, vad_options)) => {
-            let speech = detect_speech(vad, path, vad_options, reading("detecting speech"))?;
+            // The speech of a short file, or of any pipe (which cannot be read again), is
+            // kept from this pass.
+            let keep = match std::fs::metadata(path) {
+                Ok(m) if !m.is_file() => usize::MAX,
+                _ => IN_MEMORY_SAMPLES,
+            };
+            let (speech, samples) = detect_speech_keeping(vad, path, vad_options, keep, reading("detecting speech"))?;
             tracing::info!(
                 file = %path.display(),
                 chunks = speech.chunks.len(),
@@ -278,18 +284,20 @@ fn transcribe_file(
                 audio_s = speech.total_samples as f32 / 16_000.0,
                 "voice activity"
             );
-            Some(speech)
+            (Some(speech), samples)
         }
-        None => None,
+        None => (None, None),
     };
-    let mut spectrogram = match &speech {
-        Some(speech) => {
+    let mut spectrogram = match (&speech, speech_samples) {
+        // A short file's speech was kept by the VAD's pass: no second read.
+        (Some(_), Some(samples)) => Spectrogram::InMemory(mel.compute_padded(&samples)),
+        (Some(speech), None) => {
             let open = || -> tessera_audio::Result<Box<dyn SampleReader>> {
                 Ok(Box::new(SpeechOnly::open(path, &speech.chunks)?))
             };
             Spectrogram::open_samples(mel, path, &open, IN_MEMORY_SAMPLES, reading("reading"))?
         }
-        None => Spectrogram::open(mel, path, IN_MEMORY_SAMPLES, reading("reading"))?,
+        (None, _) => Spectrogram::open(mel, path, IN_MEMORY_SAMPLES, reading("reading"))?,
     };
     let mut observer = Bar(bar);
     let mut transcript = transcribe(model, &mut spectrogram, options, &mut observer)

@@ -166,6 +166,8 @@ pub trait SampleReader {
     fn read_samples(&mut self, n: usize) -> Result<Vec<f32>>;
     /// How far through its file the source is.
     fn progress(&self) -> Progress;
+    /// Whether opening the source again reads the same samples: a regular file, not a pipe.
+    fn rereadable(&self) -> bool;
 }
 
 impl SampleReader for AudioStream {
@@ -175,6 +177,11 @@ impl SampleReader for AudioStream {
 
     fn progress(&self) -> Progress {
         AudioStream::progress(self)
+    }
+
+    fn rereadable(&self) -> bool {
+        // Only a regular file has a known size.
+        self.total_bytes.is_some()
     }
 }
 

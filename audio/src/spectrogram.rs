@@ -82,8 +82,8 @@ pub type OpenSamples<'a> = dyn Fn() -> Result<Box<dyn SampleReader>> + 'a;
 
 impl Spectrogram<'_> {
     /// Decodes `path` and computes its padded spectrogram: in memory when the audio has at
-    /// most `in_memory_samples` samples at 16 kHz ([`IN_MEMORY_SAMPLES`] for the CLI),
-    /// streamed otherwise. `progress` sees the decoding (the first pass when streamed).
+    /// most `in_memory_samples` samples at 16 kHz ([`IN_MEMORY_SAMPLES`] for the CLI) or
+    /// cannot be read twice (a pipe), streamed otherwise. `progress` sees the decoding (the first pass when streamed).
     pub fn open<'m>(
         mel: &'m MelSpectrogram,
         path: &Path,
@@ -104,7 +104,14 @@ impl Spectrogram<'_> {
         mut progress: impl FnMut(Progress),
     ) -> Result<Spectrogram<'m>> {
         let mut stream = open()?;
+        // A pipe cannot be read twice: it is held whole, whatever its length.
+        let limit = if stream.rereadable() {
+            in_memory_samples
+        } else {
+            usize::MAX
+        };
         let mut samples = Vec::new();
+        let mut warned = false;
         loop {
             let chunk = stream.read_samples(STREAM_CHUNK)?;
             if chunk.is_empty() {
@@ -113,8 +120,15 @@ impl Spectrogram<'_> {
             }
             samples.extend_from_slice(&chunk);
             progress(stream.progress());
-            if samples.len() > in_memory_samples {
+            if samples.len() > limit {
                 break;
+            }
+            if !warned && samples.len() > in_memory_samples {
+                warned = true;
+                tracing::warn!(
+                    file = %path.display(),
+                    "long audio from a pipe: held in memory (a regular file would be streamed)"
+                );
             }
         }
         drop((samples, stream));

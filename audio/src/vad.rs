@@ -74,12 +74,21 @@ const BATCH_WINDOWS: usize = 1024;
 /// audio padded with zeros to a whole number of windows (a whole extra window when it
 /// already is one, as `np.pad` there does), each window with the 64 samples before it.
 /// Returns the probabilities and the number of samples.
-pub fn speech_probabilities(
+pub fn speech_probabilities(vad: &SileroVad, path: &Path, progress: impl FnMut(Progress)) -> Result<(Vec<f32>, usize)> {
+    let (probs, total, _) = probabilities_keeping(vad, path, 0, progress)?;
+    Ok((probs, total))
+}
+
+/// [`speech_probabilities`], also returning the decoded samples when there are at most
+/// `keep_up_to` of them.
+fn probabilities_keeping(
     vad: &SileroVad,
     path: &Path,
+    keep_up_to: usize,
     mut progress: impl FnMut(Progress),
-) -> Result<(Vec<f32>, usize)> {
+) -> Result<(Vec<f32>, usize, Option<Vec<f32>>)> {
     let mut stream = AudioStream::open(path)?;
+    let mut kept = Some(Vec::new());
     let mut state = VadState::default();
     let mut probs = Vec::new();
     let mut pending: Vec<f32> = Vec::new();
@@ -88,6 +97,13 @@ pub fn speech_probabilities(
         let chunk = stream.read_samples(STREAM_CHUNK)?;
         let ended = chunk.is_empty();
         total += chunk.len();
+        if let Some(k) = &mut kept {
+            if total <= keep_up_to {
+                k.extend_from_slice(&chunk);
+            } else {
+                kept = None;
+            }
+        }
         pending.extend_from_slice(&chunk);
         let whole = if ended {
             // The last partial window, zero-padded; a full window of zeros if none. And
@@ -107,7 +123,7 @@ pub fn speech_probabilities(
         }
         progress(stream.progress());
         if ended {
-            return Ok((probs, total));
+            return Ok((probs, total, kept));
         }
     }
 }
@@ -119,11 +135,32 @@ pub fn detect_speech(
     options: &VadOptions,
     progress: impl FnMut(Progress),
 ) -> Result<Speech> {
-    let (probs, total) = speech_probabilities(vad, path, progress)?;
-    Ok(Speech {
+    Ok(detect_speech_keeping(vad, path, options, 0, progress)?.0)
+}
+
+/// [`detect_speech`], also returning the speech's samples, joined, when the file has at
+/// most `keep_up_to` samples: a short file then needs no second read (which a pipe could
+/// not give).
+pub fn detect_speech_keeping(
+    vad: &SileroVad,
+    path: &Path,
+    options: &VadOptions,
+    keep_up_to: usize,
+    progress: impl FnMut(Progress),
+) -> Result<(Speech, Option<Vec<f32>>)> {
+    let (probs, total, kept) = probabilities_keeping(vad, path, keep_up_to, progress)?;
+    let speech = Speech {
         chunks: speech_timestamps(&probs, total, options),
         total_samples: total,
-    })
+    };
+    let joined = kept.map(|all| {
+        speech
+            .chunks
+            .iter()
+            .flat_map(|c| all[c.start..c.end].iter().copied())
+            .collect()
+    });
+    Ok((speech, joined))
 }
 
 /// faster-whisper's `get_speech_timestamps` after the model: speech chunks from the
@@ -284,6 +321,10 @@ impl SampleReader for SpeechOnly {
 
     fn progress(&self) -> Progress {
         self.stream.progress()
+    }
+
+    fn rereadable(&self) -> bool {
+        self.stream.rereadable()
     }
 }
 

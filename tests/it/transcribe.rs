@@ -806,3 +806,26 @@ fn bad_vad_settings_are_clear_errors() {
     // VAD settings without --vad.
     fails(&["transcribe", "--vad-threshold", "0.3", jfk], "--vad");
 }
+
+#[test]
+fn audio_from_a_pipe_transcribes_with_and_without_vad() {
+    // A FIFO can be read once: the VAD's pass must keep a short file's speech.
+    let dir = tempfile::tempdir().unwrap();
+    for vad in [false, true] {
+        let fifo = dir.path().join(format!("jfk-{vad}.fifo"));
+        assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, std::fs::read(jfk("mp3")).unwrap()))
+        };
+        let mut args = vec!["transcribe", "--format", "json", fifo.to_str().unwrap()];
+        if vad {
+            args.push("--vad");
+        }
+        let json = json_of(&args);
+        writer.join().unwrap().unwrap();
+        assert_eq!(words(json["text"].as_str().unwrap()), words(JFK), "vad {vad}: {json}");
+        let duration = json["duration"].as_f64().unwrap();
+        assert!((duration - 11.0).abs() < 0.1, "vad {vad}: {json}");
+    }
+}

@@ -79,3 +79,33 @@ fn a_pipe_is_read_front_to_back() {
     assert_eq!(samples, load_audio(fixture("speech.mp3")).unwrap());
     assert_eq!(s.progress().total_bytes, None);
 }
+
+#[test]
+fn a_pipe_longer_than_the_memory_limit_is_held_not_read_twice() {
+    use tessera_audio::{MelSource, MelSpectrogram, Spectrogram};
+    // A regular file past the limit streams (reading it again); a pipe cannot be read
+    // again, so it is held whole and gives the same spectrogram.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("audio.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, std::fs::read(fixture("speech.mp3")).unwrap()).unwrap())
+    };
+    let mel = MelSpectrogram::new(80).unwrap();
+    let limit = 1000;
+    let mut piped = Spectrogram::open(&mel, &fifo, limit, |_| {}).unwrap();
+    writer.join().unwrap();
+    assert!(matches!(piped, Spectrogram::InMemory(_)));
+    let mut file = Spectrogram::open(&mel, &fixture("speech.mp3"), limit, |_| {}).unwrap();
+    assert!(matches!(file, Spectrogram::Streamed(_)));
+    assert_eq!(piped.content_frames(), file.content_frames());
+    let n = file.content_frames();
+    assert_eq!(piped.segment(0, n, 3000).unwrap(), file.segment(0, n, 3000).unwrap());
+}
