@@ -117,11 +117,22 @@ impl Sampler {
         }
     }
 
-    /// Picks a token from processed logits (temperature, then top-k, then top-p).
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    /// The distribution the next token is drawn from: temperature, then top-k, then top-p
+    /// (Hugging Face's warpers in `generate`'s order) applied to `logits` (the repetition
+    /// penalty already applied), as `(token, probability)` of the tokens kept, most likely
+    /// first. Greedy (temperature 0) keeps the argmax alone.
+    pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f64)> {
         if self.temperature <= 0.0 {
-            return argmax(logits);
+            return vec![(argmax(logits), 1.0)];
         }
+        let (cands, probs) = self.kept(logits);
+        let total: f64 = probs.iter().sum();
+        cands.iter().zip(&probs).map(|(&(id, _), &q)| (id, q / total)).collect()
+    }
+
+    /// The tokens top-k and top-p keep, most likely first, with their probabilities before
+    /// top-p (which the draw weighs as they are: only their ratios matter).
+    fn kept(&self, logits: &[f32]) -> (Vec<(u32, f32)>, Vec<f64>) {
         let k = self.top_k.filter(|&k| k > 0).unwrap_or(logits.len());
         let mut cands = top_k(logits, k);
         let t = self.temperature;
@@ -143,6 +154,15 @@ impl Sampler {
             cands.truncate(keep);
             probs.truncate(keep);
         }
+        (cands, probs)
+    }
+
+    /// Draws a token from [`Sampler::distribution`].
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let (cands, probs) = self.kept(logits);
         match rand::distr::weighted::WeightedIndex::new(&probs) {
             Ok(dist) => cands[dist.sample(&mut self.rng)].0,
             Err(_) => cands[0].0,

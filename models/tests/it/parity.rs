@@ -248,3 +248,54 @@ fn qwen2_beam_search_with_eos_matches_transformers() {
         }
     }
 }
+
+/// `sampling_reference.json` (`tests/fixtures/gen_sampling.py`): the distribution
+/// transformers draws the next token from, for every combination of repetition penalty,
+/// temperature, top-k and top-p.
+#[derive(Deserialize)]
+struct SamplingReference {
+    seen: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    cases: Vec<SamplingCase>,
+}
+
+#[derive(Deserialize)]
+struct SamplingCase {
+    seed: usize,
+    repetition_penalty: f32,
+    temperature: f32,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    probs: Vec<(u32, f64)>,
+}
+
+#[test]
+fn sampling_distributions_match_transformers() {
+    use tessera_models::sampling::{Sampler, apply_repetition_penalty};
+    let path = fixture("sampling_reference.json");
+    let reference: SamplingReference = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(reference.cases.len(), 108);
+    let mut sizes = std::collections::BTreeSet::new();
+    for case in &reference.cases {
+        let mut logits = reference.logits[case.seed].clone();
+        apply_repetition_penalty(&mut logits, &reference.seen, case.repetition_penalty);
+        let sampler = Sampler::new(case.temperature, case.top_k, case.top_p, 0);
+        let mut got = sampler.distribution(&logits);
+        got.sort_by_key(|&(id, _)| id);
+        let label = format!(
+            "penalty {} temperature {} top_k {:?} top_p {:?} (logits {})",
+            case.repetition_penalty, case.temperature, case.top_k, case.top_p, case.seed
+        );
+        let ids = |d: &[(u32, f64)]| d.iter().map(|&(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(ids(&got), ids(&case.probs), "{label}: the tokens kept");
+        for (&(id, g), &(_, w)) in got.iter().zip(&case.probs) {
+            assert!((g - w).abs() < 1e-5, "{label}: token {id} has {g}, transformers {w}");
+        }
+        sizes.insert(got.len());
+    }
+    // Cases keep one token, a few, and all of them.
+    assert!(
+        sizes.contains(&1) && sizes.contains(&64) && sizes.len() > 5,
+        "{sizes:?}"
+    );
+}
